@@ -1,0 +1,190 @@
+"""The normalized event stream every provider adapter emits.
+
+One envelope (:class:`AgentEvent`) carries ids, a per-run monotonically increasing ``seq``,
+a timestamp, the provider's original line in ``raw`` and a typed payload chosen by its
+``type`` discriminator. A provider line the parser does not understand becomes a
+:class:`RawPayload` event: never a crash, never lost.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, Field, JsonValue, NonNegativeInt
+
+from codeyard.domain.agent import AgentResult, TokenUsage
+from codeyard.domain.base import DomainModel, Name
+
+
+class EventType(StrEnum):
+    INIT = "init"
+    MESSAGE = "message"
+    TOOL_USE = "tool_use"
+    TOOL_RESULT = "tool_result"
+    USAGE = "usage"
+    ERROR = "error"
+    RESULT = "result"
+    STDOUT = "stdout"
+    STDERR = "stderr"
+    LIFECYCLE = "lifecycle"
+    RAW = "raw"
+
+
+class InitPayload(DomainModel):
+    type: Literal["init"] = "init"
+    session_id: str | None = None
+    model: str | None = None
+    cwd: str | None = None
+    tools: tuple[str, ...] = ()
+
+
+class MessagePayload(DomainModel):
+    """Text from the agent. ``delta=True`` is a streaming fragment of a later full message."""
+
+    type: Literal["message"] = "message"
+    role: Literal["assistant", "user", "system"] = "assistant"
+    kind: Literal["text", "thinking"] = "text"
+    text: str
+    delta: bool = False
+    message_id: str | None = None
+
+
+class ToolUsePayload(DomainModel):
+    type: Literal["tool_use"] = "tool_use"
+    tool_use_id: str
+    name: str
+    input: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class ToolResultPayload(DomainModel):
+    type: Literal["tool_result"] = "tool_result"
+    tool_use_id: str
+    output: str = ""
+    is_error: bool = False
+
+
+class UsagePayload(DomainModel):
+    type: Literal["usage"] = "usage"
+    usage: TokenUsage
+    cost_usd: float | None = Field(default=None, ge=0)
+
+
+class ErrorPayload(DomainModel):
+    """A problem reported mid-run. The run still ends with a ``result`` event."""
+
+    type: Literal["error"] = "error"
+    message: str
+    code: str | None = None
+    retryable: bool = False
+
+
+class ResultPayload(DomainModel):
+    type: Literal["result"] = "result"
+    result: AgentResult
+
+
+class StdoutPayload(DomainModel):
+    type: Literal["stdout"] = "stdout"
+    line: str
+
+
+class StderrPayload(DomainModel):
+    type: Literal["stderr"] = "stderr"
+    line: str
+
+
+class LifecyclePayload(DomainModel):
+    """Worker/run state changes and heartbeats (``state`` is free-form but lowercase)."""
+
+    type: Literal["lifecycle"] = "lifecycle"
+    state: str
+    detail: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class RawPayload(DomainModel):
+    """A provider line the parser did not map; the envelope's ``raw`` holds it."""
+
+    type: Literal["raw"] = "raw"
+    reason: str = "unrecognized"
+
+
+EventPayload = Annotated[
+    InitPayload
+    | MessagePayload
+    | ToolUsePayload
+    | ToolResultPayload
+    | UsagePayload
+    | ErrorPayload
+    | ResultPayload
+    | StdoutPayload
+    | StderrPayload
+    | LifecyclePayload
+    | RawPayload,
+    Field(discriminator="type"),
+]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class AgentEvent(DomainModel):
+    id: str = Field(default_factory=_new_id)
+    provider: str | None = None
+    worker_id: Name | None = None
+    task_id: Name | None = None
+    run_id: str | None = None
+    seq: NonNegativeInt
+    ts: AwareDatetime = Field(default_factory=_utcnow)
+    payload: EventPayload
+    #: The provider's original output line, verbatim, when the event came from one.
+    raw: str | None = None
+
+    @property
+    def type(self) -> EventType:
+        return EventType(self.payload.type)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.payload.type == "result"
+
+
+class EventSequencer:
+    """Stamps events of one run with ids and a gap-free, increasing ``seq``.
+
+    Adapters build payloads; the sequencer owns the envelope so that ordering is decided in
+    exactly one place per run.
+    """
+
+    def __init__(
+        self,
+        *,
+        provider: str | None = None,
+        worker_id: str | None = None,
+        task_id: str | None = None,
+        run_id: str | None = None,
+        start: int = 0,
+    ) -> None:
+        self._base: dict[str, Any] = {
+            "provider": provider,
+            "worker_id": worker_id,
+            "task_id": task_id,
+            "run_id": run_id,
+        }
+        self._next = start
+
+    @property
+    def next_seq(self) -> int:
+        return self._next
+
+    def stamp(self, payload: EventPayload, *, raw: str | None = None) -> AgentEvent:
+        event = AgentEvent(seq=self._next, payload=payload, raw=raw, **self._base)
+        self._next += 1
+        return event

@@ -1,0 +1,19 @@
+"""Ports: the Protocols the application needs from the outside world. No I/O here."""
+
+from codeyard.ports.clock import Clock
+from codeyard.ports.code_agent import CodeAgent
+from codeyard.ports.container_runtime import ContainerRuntime
+from codeyard.ports.event_bus import EventBus
+from codeyard.ports.image_cache import ImageCache
+from codeyard.ports.work_queue import WorkQueue
+from codeyard.ports.worker_registry import WorkerRegistry
+
+__all__ = [
+    "Clock",
+    "CodeAgent",
+    "ContainerRuntime",
+    "EventBus",
+    "ImageCache",
+    "WorkQueue",
+    "WorkerRegistry",
+]

@@ -1,0 +1,87 @@
+"""EventBus: append-only streams with consumer groups (Redis streams in production)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+from codeyard.domain.streams import PendingPage, StreamMessage
+
+
+@runtime_checkable
+class EventBus(Protocol):
+    """The control plane's transport: ``worker:commands``, per-worker input/output streams
+    and reply streams.
+
+    Contract:
+    - ``publish`` appends and returns the entry id; ids strictly increase per stream.
+      ``maxlen`` trims approximately-oldest entries but never below ``maxlen`` entries.
+    - ``read`` returns entries with id > ``after`` in order, at most ``count``, waiting up
+      to ``block_s`` for the first one when none is there (``None``: do not wait).
+    - Consumer groups: ``ensure_group`` is idempotent (creates the stream when missing).
+      ``read_group`` delivers new entries to one consumer each and keeps them pending until
+      ``ack``. ``claim_stale`` transfers entries pending longer than ``min_idle_s`` to the
+      caller, paging with ``cursor`` ("0-0" to start; the page's cursor "0-0" means done),
+      and counts a delivery for each.
+    - ``ack`` of an unknown or already-acked id is a no-op; returns how many were acked.
+    - Cancelling ``read``/``read_group`` while blocked loses no entry: an entry is either
+      returned or still unread/pending.
+    - Transport unreachable: ``ServiceUnavailable(service=...)``.
+    """
+
+    async def publish(
+        self, stream: str, fields: Mapping[str, str], *, maxlen: int | None = None
+    ) -> str:
+        """Append an entry; returns its id."""
+        ...
+
+    async def read(
+        self, stream: str, *, after: str = "0-0", count: int = 100, block_s: float | None = None
+    ) -> list[StreamMessage]:
+        """Entries after ``after`` (exclusive)."""
+        ...
+
+    async def ensure_group(self, stream: str, group: str, *, start: str = "0-0") -> None:
+        """Create the consumer group if missing (and the stream)."""
+        ...
+
+    async def read_group(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        count: int = 10,
+        block_s: float | None = None,
+    ) -> list[StreamMessage]:
+        """New entries for this consumer; they stay pending until acked."""
+        ...
+
+    async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
+        """Acknowledge entries; returns how many were pending."""
+        ...
+
+    async def claim_stale(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        min_idle_s: float,
+        cursor: str = "0-0",
+        count: int = 100,
+    ) -> PendingPage:
+        """Take over entries other consumers left pending too long."""
+        ...
+
+    async def pending_count(self, stream: str, group: str) -> int:
+        """Entries delivered to the group but not acked."""
+        ...
+
+    async def length(self, stream: str) -> int:
+        """Entries in the stream (0 when missing)."""
+        ...
+
+    async def delete_stream(self, stream: str) -> None:
+        """Remove a stream and its groups. Idempotent."""
+        ...
