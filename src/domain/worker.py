@@ -6,7 +6,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Self
 
-from pydantic import AwareDatetime, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    AwareDatetime,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 from codeyard.domain.agent import AgentProvider, ProviderName
 from codeyard.domain.base import DomainModel, Name
@@ -63,12 +70,14 @@ class WorkerSpec(DomainModel):
     runtime: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
 
+    @field_validator("modules", mode="after")
+    @classmethod
+    def _canonical_modules(cls, modules: tuple[Module, ...]) -> tuple[Module, ...]:
+        # Modules are a set in meaning; a canonical order keeps image hashes stable.
+        return tuple(sorted(set(modules), key=lambda m: m.value))
+
     @model_validator(mode="after")
     def _check(self) -> Self:
-        # Modules are a set in meaning; a canonical order keeps image hashes stable.
-        canonical = tuple(sorted(set(self.modules), key=lambda m: m.value))
-        if canonical != self.modules:
-            object.__setattr__(self, "modules", canonical)
         if self.allowed_hosts and self.network is not NetworkPolicy.ALLOWLIST:
             raise InvalidRequest(
                 "allowed_hosts requires network=allowlist", network=self.network.value
