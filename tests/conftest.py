@@ -1,0 +1,151 @@
+"""Shared fixtures: real, ephemeral services for every test folder (unit, contract,
+integration, e2e).
+
+Service fixtures (the helpers are in ``tests/services.py``):
+
+* ``redis_url`` (session): an ephemeral ``redis-server`` on a free port, no persistence;
+  yields ``redis://127.0.0.1:PORT/0``.
+* ``redis_db`` (function): the same URL after ``FLUSHDB``, so each test starts empty.
+* ``postgres_dsn`` (session): an ephemeral PostgreSQL cluster (``initdb -A trust``, run as the
+  ``postgres`` OS user when root, fsync off) with a database ``codeyard``; yields
+  ``postgresql://postgres@127.0.0.1:PORT/codeyard``.
+* ``postgres_db`` (function): a fresh database per test, created from an empty template
+  database, dropped afterwards; yields its DSN.
+* ``docker_client`` (session): ``docker.from_env(max_pool_size=32)`` after ``ping()``.
+* ``test_image`` (session): the tag of the local image ``codeyard-test/busybox:latest``
+  (static busybox, no registry), built by ``scripts/build-test-image`` when missing.
+
+A test using one of these fixtures gets the matching marker (``redis``, ``postgres``,
+``docker``) automatically, so ``-m "not docker"`` deselects it.
+
+When a service cannot be started: skipped on a developer machine, FAILED when ``CI`` is set
+(see ``tests.services.service_unavailable``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import docker
+import docker.errors
+import pytest
+import redis
+
+from tests import services
+
+# Fixture name -> marker applied to every test that uses it (directly or indirectly).
+_SERVICE_MARKERS = {
+    "redis_url": "redis",
+    "redis_db": "redis",
+    "postgres_dsn": "postgres",
+    "postgres_db": "postgres",
+    "postgres_server": "postgres",
+    "docker_client": "docker",
+    "test_image": "docker",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixturenames: list[str] = getattr(item, "fixturenames", [])
+        for marker in sorted({_SERVICE_MARKERS[f] for f in fixturenames if f in _SERVICE_MARKERS}):
+            item.add_marker(marker)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# --- Redis ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    binary = services.find_redis_server()
+    if binary is None:
+        services.service_unavailable("Redis", "the redis-server binary is not installed")
+    try:
+        server = services.start_redis(binary)
+    except services.ServiceStartError as exc:
+        services.service_unavailable("Redis", str(exc))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_db(redis_url: str) -> str:
+    """``redis_url`` with an empty database: FLUSHDB before the test."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return redis_url
+
+
+# --- PostgreSQL ----------------------------------------------------------------------------
+
+_PG_DATABASE = "codeyard"
+_PG_TEMPLATE = "codeyard_template"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[services.PostgresServer]:
+    bindir = services.find_postgres_bindir()
+    if bindir is None:
+        services.service_unavailable(
+            "PostgreSQL", "no initdb found (/usr/lib/postgresql/*/bin or PATH)"
+        )
+    try:
+        server = services.start_postgres(bindir)
+        # The template is never connected to, so CREATE DATABASE ... TEMPLATE always works.
+        server.create_database(_PG_TEMPLATE)
+        server.create_database(_PG_DATABASE)
+    except services.ServiceStartError as exc:
+        services.service_unavailable("PostgreSQL", str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(postgres_server: services.PostgresServer) -> str:
+    return postgres_server.dsn(_PG_DATABASE)
+
+
+@pytest.fixture
+def postgres_db(postgres_server: services.PostgresServer) -> Iterator[str]:
+    """A fresh, empty database for one test; dropped (with its connections) afterwards."""
+    name = services.unique_name("test")
+    postgres_server.create_database(name, template=_PG_TEMPLATE)
+    try:
+        yield postgres_server.dsn(name)
+    finally:
+        postgres_server.drop_database(name)
+
+
+# --- Docker --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = services.docker_client()
+    except docker.errors.DockerException as exc:
+        services.service_unavailable("Docker", f"the engine does not answer ({exc})")
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def test_image(docker_client: docker.DockerClient) -> str:
+    try:
+        return services.ensure_test_image(docker_client)
+    except (services.ServiceStartError, docker.errors.DockerException) as exc:
+        services.service_unavailable(f"Docker test image {services.TEST_IMAGE_TAG}", str(exc))
