@@ -23,7 +23,10 @@ class EventBus(Protocol):
       ``ack``. ``claim_stale`` transfers entries pending longer than ``min_idle_s`` to the
       caller, paging with ``cursor`` ("0-0" to start; the page's cursor "0-0" means done),
       and counts a delivery for each.
-    - ``ack`` of an unknown or already-acked id is a no-op; returns how many were acked.
+    - ``read_group``, ``claim_stale`` and ``pending_count`` on a missing stream or group
+      raise ``NotFound``; ``ack`` of an unknown or already-acked id (or a missing group) is
+      a no-op and returns how many were acked. Empty ``fields`` or a ``count``/``maxlen``
+      below 1 raise ``InvalidInput``.
     - Cancelling ``read``/``read_group`` while blocked loses no entry: an entry is either
       returned or still unread/pending.
     - Transport unreachable: ``ServiceUnavailable(service=...)``.

@@ -1,0 +1,285 @@
+"""InMemoryEventBus: an in-process model of Redis streams with consumer groups.
+
+It follows the :class:`~codeyard.ports.event_bus.EventBus` contract the way Redis does, so
+the contract suite runs unchanged against both adapters:
+
+- ids are ``<ms>-<seq>`` from the injected clock, strictly increasing per stream (the
+  sequence grows when the clock does not move, as in Redis);
+- ``maxlen`` trims exactly to ``maxlen`` (Redis' ``MAXLEN ~`` keeps at least as many);
+- a consumer group keeps a last-delivered id and a pending entries list (PEL) in id order,
+  each entry with its owner, delivery count and last delivery time; trimmed entries stay
+  in the PEL until ``claim_stale`` reports them as deleted (``XAUTOCLAIM`` in Redis 7);
+- ``claim_stale`` scans at most ``10 * count`` PEL entries per page, like ``XAUTOCLAIM``.
+
+Idle times come from the injected :class:`~codeyard.ports.clock.Clock` (tests use
+``ManualClock``); blocking waits use the event loop's real time. Waiters sleep on a
+per-stream :class:`anyio.Event` that ``publish`` and ``delete_stream`` set; the entries are
+taken without any await in between, so cancelling a blocked read never loses one.
+Single event loop only (no thread safety), like any anyio object.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import anyio
+import anyio.lowlevel
+
+from codeyard.adapters.memory.clock import SystemClock
+from codeyard.domain.errors import InvalidInput, NotFound
+from codeyard.domain.streams import PendingPage, StreamMessage, parse_stream_id
+from codeyard.ports.clock import Clock
+
+_Id = tuple[int, int]
+
+
+def _fmt(entry_id: _Id) -> str:
+    return f"{entry_id[0]}-{entry_id[1]}"
+
+
+def _parse(entry_id: str, what: str) -> _Id:
+    try:
+        ms, seq = parse_stream_id(entry_id)
+    except ValueError:
+        raise InvalidInput(f"invalid stream id for {what}", value=entry_id) from None
+    if ms < 0 or seq < 0:
+        raise InvalidInput(f"invalid stream id for {what}", value=entry_id)
+    return ms, seq
+
+
+def _positive(value: int, what: str) -> int:
+    if value < 1:
+        raise InvalidInput(f"{what} must be at least 1", value=value)
+    return value
+
+
+@dataclass
+class _Pending:
+    consumer: str
+    deliveries: int
+    delivered_at: datetime
+
+
+@dataclass
+class _Group:
+    last_delivered: _Id
+    #: Insertion order is id order: entries enter once, when first delivered, in id order.
+    pending: dict[_Id, _Pending] = field(default_factory=dict)
+
+
+@dataclass
+class _Stream:
+    #: Entries in id order.
+    entries: list[tuple[_Id, dict[str, str]]] = field(default_factory=list)
+    #: The last id ever assigned (kept after trimming, as Redis does).
+    last_id: _Id = (0, 0)
+    groups: dict[str, _Group] = field(default_factory=dict)
+
+    def index_after(self, after: _Id) -> int:
+        """Position of the first entry with id > ``after``."""
+        return bisect_right(self.entries, after, key=_entry_id)
+
+    def get(self, entry_id: _Id) -> dict[str, str] | None:
+        i = bisect_left(self.entries, entry_id, key=_entry_id)
+        if i < len(self.entries) and self.entries[i][0] == entry_id:
+            return self.entries[i][1]
+        return None
+
+
+def _entry_id(entry: tuple[_Id, dict[str, str]]) -> _Id:
+    return entry[0]
+
+
+class InMemoryEventBus:
+    """Redis-streams semantics in process memory; see the module docstring."""
+
+    def __init__(self, clock: Clock | None = None) -> None:
+        self._clock: Clock = clock or SystemClock()
+        self._streams: dict[str, _Stream] = {}
+        # One event per stream that somebody waits on; set and dropped on every change.
+        self._wakeups: dict[str, anyio.Event] = {}
+
+    # --- plain streams ---------------------------------------------------------------------
+
+    async def publish(
+        self, stream: str, fields: Mapping[str, str], *, maxlen: int | None = None
+    ) -> str:
+        if not fields:
+            raise InvalidInput("a stream entry needs at least one field", stream=stream)
+        if maxlen is not None:
+            _positive(maxlen, "maxlen")
+        await anyio.lowlevel.checkpoint()
+        state = self._streams.setdefault(stream, _Stream())
+        ms = int(self._clock.now().timestamp() * 1000)
+        last_ms, last_seq = state.last_id
+        new_id = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
+        state.last_id = new_id
+        state.entries.append((new_id, dict(fields)))
+        if maxlen is not None and len(state.entries) > maxlen:
+            del state.entries[: len(state.entries) - maxlen]
+        self._wake(stream)
+        return _fmt(new_id)
+
+    async def read(
+        self, stream: str, *, after: str = "0-0", count: int = 100, block_s: float | None = None
+    ) -> list[StreamMessage]:
+        _positive(count, "count")
+        await anyio.lowlevel.checkpoint()
+        state = self._streams.get(stream)
+        start = (state.last_id if state else (0, 0)) if after == "$" else _parse(after, "after")
+        deadline = self._deadline(block_s)
+        while True:
+            state = self._streams.get(stream)
+            if state is not None:
+                i = state.index_after(start)
+                found = state.entries[i : i + count]
+                if found:
+                    return [StreamMessage(stream=stream, id=_fmt(k), fields=v) for k, v in found]
+            if not await self._wait(stream, deadline):
+                return []
+
+    async def length(self, stream: str) -> int:
+        await anyio.lowlevel.checkpoint()
+        state = self._streams.get(stream)
+        return len(state.entries) if state else 0
+
+    async def delete_stream(self, stream: str) -> None:
+        await anyio.lowlevel.checkpoint()
+        if self._streams.pop(stream, None) is not None:
+            self._wake(stream)
+
+    # --- consumer groups -------------------------------------------------------------------
+
+    async def ensure_group(self, stream: str, group: str, *, start: str = "0-0") -> None:
+        begin = None if start == "$" else _parse(start, "start")
+        await anyio.lowlevel.checkpoint()
+        state = self._streams.setdefault(stream, _Stream())
+        if group not in state.groups:
+            state.groups[group] = _Group(last_delivered=state.last_id if begin is None else begin)
+
+    async def read_group(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        count: int = 10,
+        block_s: float | None = None,
+    ) -> list[StreamMessage]:
+        _positive(count, "count")
+        await anyio.lowlevel.checkpoint()
+        deadline = self._deadline(block_s)
+        while True:
+            # Looked up again after every wait: the stream may have been deleted meanwhile.
+            state, cg = self._group(stream, group)
+            i = state.index_after(cg.last_delivered)
+            found = state.entries[i : i + count]
+            if found:
+                now = self._clock.now()
+                for entry_id, _ in found:
+                    cg.pending[entry_id] = _Pending(consumer, 1, now)
+                cg.last_delivered = found[-1][0]
+                return [
+                    StreamMessage(stream=stream, id=_fmt(k), fields=v, deliveries=1)
+                    for k, v in found
+                ]
+            if not await self._wait(stream, deadline):
+                return []
+
+    async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
+        parsed = [_parse(i, "ack") for i in ids]
+        await anyio.lowlevel.checkpoint()
+        state = self._streams.get(stream)
+        cg = state.groups.get(group) if state else None
+        if cg is None:
+            return 0
+        return sum(1 for entry_id in parsed if cg.pending.pop(entry_id, None) is not None)
+
+    async def claim_stale(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        min_idle_s: float,
+        cursor: str = "0-0",
+        count: int = 100,
+    ) -> PendingPage:
+        _positive(count, "count")
+        if min_idle_s < 0:
+            raise InvalidInput("min_idle_s must not be negative", value=min_idle_s)
+        start = _parse(cursor, "cursor")
+        await anyio.lowlevel.checkpoint()
+        state, cg = self._group(stream, group)
+        now = self._clock.now()
+        min_idle = timedelta(seconds=min_idle_s)
+        claimed: list[StreamMessage] = []
+        deleted: list[str] = []
+        remaining, attempts = count, count * 10
+        candidates = sorted(k for k in cg.pending if k >= start)
+        next_pos = len(candidates)
+        for pos, entry_id in enumerate(candidates):
+            if remaining == 0 or attempts == 0:
+                next_pos = pos
+                break
+            attempts -= 1
+            fields = state.get(entry_id)
+            if fields is None:  # trimmed away: drop from the PEL and report it
+                del cg.pending[entry_id]
+                deleted.append(_fmt(entry_id))
+                remaining -= 1
+                continue
+            entry = cg.pending[entry_id]
+            if now - entry.delivered_at < min_idle:
+                continue
+            entry.consumer, entry.delivered_at = consumer, now
+            entry.deliveries += 1
+            remaining -= 1
+            claimed.append(
+                StreamMessage(
+                    stream=stream, id=_fmt(entry_id), fields=fields, deliveries=entry.deliveries
+                )
+            )
+        next_cursor = _fmt(candidates[next_pos]) if next_pos < len(candidates) else "0-0"
+        return PendingPage(cursor=next_cursor, messages=tuple(claimed), deleted_ids=tuple(deleted))
+
+    async def pending_count(self, stream: str, group: str) -> int:
+        await anyio.lowlevel.checkpoint()
+        return len(self._group(stream, group)[1].pending)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _group(self, stream: str, group: str) -> tuple[_Stream, _Group]:
+        state = self._streams.get(stream)
+        cg = state.groups.get(group) if state else None
+        if state is None or cg is None:
+            raise NotFound("no such stream or consumer group", stream=stream, group=group)
+        return state, cg
+
+    @staticmethod
+    def _deadline(block_s: float | None) -> float | None:
+        if block_s is None or block_s <= 0:
+            return None
+        return anyio.current_time() + block_s
+
+    async def _wait(self, stream: str, deadline: float | None) -> bool:
+        """Sleep until ``stream`` changes; False when the deadline passed (or none was set)."""
+        if deadline is None:
+            return False
+        remaining = deadline - anyio.current_time()
+        if remaining <= 0:
+            return False
+        event = self._wakeups.get(stream)
+        if event is None:
+            event = self._wakeups[stream] = anyio.Event()
+        with anyio.move_on_after(remaining):
+            await event.wait()
+        return True
+
+    def _wake(self, stream: str) -> None:
+        event = self._wakeups.pop(stream, None)
+        if event is not None:
+            event.set()

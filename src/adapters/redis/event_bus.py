@@ -1,0 +1,273 @@
+"""RedisEventBus: the EventBus port on Redis streams (``redis.asyncio``, Redis >= 7.0).
+
+Design notes:
+
+- The client is passed in (entry points open it; nothing connects at import or in the
+  constructor). It must use ``decode_responses=True``. :meth:`RedisEventBus.from_url`
+  builds one without connecting.
+- ``XREAD``/``XREADGROUP`` run on a connection taken from the client's pool for the one
+  command, not through ``execute_command``: (1) a blocking read needs a read deadline
+  longer than ``BLOCK`` (the client's ``socket_timeout``, 5 s by default in redis-py 8,
+  would cut it short), so the deadline here is ``block_s + socket_timeout``; (2) when the
+  read is cancelled, the socket is closed *and the close awaited* before the cancellation
+  propagates (redis-py only starts the close), so the server sees the blocked client go
+  before any later command from this process can reach it. Otherwise an entry published
+  right after the cancel could in principle be handed to the dead read and stay pending
+  on that consumer (still "not lost" per the port, but only ``claim_stale`` would find it).
+  The connection is reused normally otherwise; a read that fails with a Redis error reply
+  keeps it.
+- Delivery counts: ``read`` reports 0 (no group); ``read_group`` reports 1 (``XREADGROUP >``
+  only returns never-delivered entries); ``claim_stale`` runs ``XAUTOCLAIM`` and, in the
+  same Lua script (so atomically), ``XPENDING key group id id 1`` per claimed entry, and
+  reports that count (already including the delivery the claim made).
+- ``block_s`` <= 0 means "do not wait" (Redis' ``BLOCK 0`` would wait forever).
+- Errors are translated at this edge: connection and timeout errors become
+  ``ServiceUnavailable(service="redis")``, ``NOGROUP`` becomes ``NotFound``, a wrong key
+  type ``Conflict``, a bad id or argument ``InvalidInput``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+import anyio
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+
+from codeyard.domain.errors import (
+    CodeyardError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    ServiceUnavailable,
+)
+from codeyard.domain.streams import PendingPage, StreamMessage
+
+# XAUTOCLAIM, then each claimed entry's delivery count from the PEL, in one atomic step.
+_CLAIM_SCRIPT = """
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local counts = {}
+for i, entry in ipairs(r[2]) do
+  counts[i] = 0
+  if entry then
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
+    if p[1] then counts[i] = p[1][4] end
+  end
+end
+return {r[1], r[2], r[3] or {}, counts}
+"""
+
+# redis-py strips the "ERR " prefix: argument errors are recognised by their wording.
+_BAD_ARGUMENT_HINTS = ("invalid", "syntax error", "not an integer", "out of range", "must be")
+
+
+@contextmanager
+def _translated(op: str, stream: str) -> Iterator[None]:
+    """Turn driver errors into codeyard errors; the driver's stays as ``__cause__``."""
+    try:
+        yield
+    except (rexc.ConnectionError, rexc.TimeoutError, TimeoutError) as exc:
+        raise ServiceUnavailable(
+            f"redis unreachable during {op}", service="redis", op=op, stream=stream
+        ) from exc
+    except rexc.ResponseError as exc:
+        text = str(exc)
+        kind = text.split(" ", 1)[0]
+        fields = {"op": op, "stream": stream, "reply": text}
+        if kind == "NOGROUP":
+            raise NotFound("no such stream or consumer group", **fields) from exc
+        if kind == "WRONGTYPE":
+            raise Conflict("key holds a value that is not a stream", **fields) from exc
+        if isinstance(exc, rexc.ReadOnlyError | rexc.OutOfMemoryError) or kind == "BUSY":
+            raise ServiceUnavailable("redis refused the write", service="redis", **fields) from exc
+        if any(hint in text.lower() for hint in _BAD_ARGUMENT_HINTS):
+            raise InvalidInput("redis rejected the arguments", **fields) from exc
+        raise CodeyardError("redis replied with an error", **fields) from exc
+    except rexc.DataError as exc:
+        raise InvalidInput(str(exc), op=op, stream=stream) from exc
+    except rexc.RedisError as exc:
+        raise CodeyardError(f"redis error during {op}", op=op, stream=stream) from exc
+
+
+def _positive(value: int, what: str) -> int:
+    if value < 1:
+        raise InvalidInput(f"{what} must be at least 1", value=value)
+    return value
+
+
+def _entries(stream: str, raw: Any, deliveries: int) -> list[StreamMessage]:
+    """``[[id, [k, v, ...]], ...]`` (raw RESP) -> messages; nil entries are skipped."""
+    out: list[StreamMessage] = []
+    for item in raw or ():
+        if not item or item[1] is None:
+            continue
+        flat = list(item[1])
+        fields = {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        out.append(
+            StreamMessage(stream=stream, id=str(item[0]), fields=fields, deliveries=deliveries)
+        )
+    return out
+
+
+def _read_reply(stream: str, reply: Any, deliveries: int) -> list[StreamMessage]:
+    """Raw XREAD/XREADGROUP reply: nil, RESP2 ``[[key, entries]]`` or RESP3 ``{key: entries}``."""
+    if not reply:
+        return []
+    pairs = reply.items() if isinstance(reply, dict) else reply
+    return [
+        m for key, raw in pairs if str(key) == stream for m in _entries(stream, raw, deliveries)
+    ]
+
+
+class RedisEventBus:
+    """The EventBus port on Redis streams; see the module docstring."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        kwargs = client.connection_pool.connection_kwargs
+        if not kwargs.get("decode_responses"):
+            raise InvalidInput("RedisEventBus needs a client with decode_responses=True")
+        self._redis = client
+        self._claim = client.register_script(_CLAIM_SCRIPT)
+
+    @classmethod
+    def from_url(cls, url: str, **client_kwargs: Any) -> RedisEventBus:
+        """A bus on a new client for ``url``; connects lazily, on the first command."""
+        client_kwargs["decode_responses"] = True
+        return cls(aioredis.Redis.from_url(url, **client_kwargs))
+
+    async def aclose(self) -> None:
+        """Close the client (and its pool)."""
+        await self._redis.aclose()
+
+    # --- plain streams ---------------------------------------------------------------------
+
+    async def publish(
+        self, stream: str, fields: Mapping[str, str], *, maxlen: int | None = None
+    ) -> str:
+        if not fields:
+            raise InvalidInput("a stream entry needs at least one field", stream=stream)
+        if maxlen is not None:
+            _positive(maxlen, "maxlen")
+        payload: dict[Any, Any] = dict(fields)
+        with _translated("publish", stream):
+            entry_id = await self._redis.xadd(stream, payload, maxlen=maxlen, approximate=True)
+        return str(entry_id)
+
+    async def read(
+        self, stream: str, *, after: str = "0-0", count: int = 100, block_s: float | None = None
+    ) -> list[StreamMessage]:
+        args: list[str | int] = ["XREAD", "COUNT", _positive(count, "count")]
+        return await self._read("read", stream, args, after, block_s, deliveries=0)
+
+    async def length(self, stream: str) -> int:
+        with _translated("length", stream):
+            return int(await self._redis.xlen(stream))
+
+    async def delete_stream(self, stream: str) -> None:
+        with _translated("delete_stream", stream):
+            await self._redis.delete(stream)
+
+    # --- consumer groups -------------------------------------------------------------------
+
+    async def ensure_group(self, stream: str, group: str, *, start: str = "0-0") -> None:
+        with _translated("ensure_group", stream):
+            try:
+                await self._redis.xgroup_create(stream, group, id=start, mkstream=True)
+            except rexc.ResponseError as exc:
+                if not str(exc).startswith("BUSYGROUP"):
+                    raise
+
+    async def read_group(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        count: int = 10,
+        block_s: float | None = None,
+    ) -> list[StreamMessage]:
+        args: list[str | int] = ["XREADGROUP", "GROUP", group, consumer]
+        args += ["COUNT", _positive(count, "count")]
+        return await self._read("read_group", stream, args, ">", block_s, deliveries=1)
+
+    async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        with _translated("ack", stream):
+            return int(await self._redis.xack(stream, group, *ids))
+
+    async def claim_stale(
+        self,
+        stream: str,
+        group: str,
+        consumer: str,
+        *,
+        min_idle_s: float,
+        cursor: str = "0-0",
+        count: int = 100,
+    ) -> PendingPage:
+        _positive(count, "count")
+        if min_idle_s < 0:
+            raise InvalidInput("min_idle_s must not be negative", value=min_idle_s)
+        min_idle_ms = round(min_idle_s * 1000)
+        with _translated("claim_stale", stream):
+            reply = await self._claim(
+                keys=[stream], args=[group, consumer, min_idle_ms, cursor, count]
+            )
+        next_cursor, raw_entries, deleted, counts = cast(list[Any], reply)
+        messages = _entries(stream, raw_entries, deliveries=0)
+        by_id = {str(item[0]): int(n) for item, n in zip(raw_entries, counts, strict=True) if item}
+        return PendingPage(
+            cursor=str(next_cursor),
+            messages=tuple(m.model_copy(update={"deliveries": by_id[m.id]}) for m in messages),
+            deleted_ids=tuple(str(i) for i in deleted or ()),
+        )
+
+    async def pending_count(self, stream: str, group: str) -> int:
+        with _translated("pending_count", stream):
+            summary = await self._redis.xpending(stream, group)
+        return int(summary["pending"])
+
+    # --- internals -------------------------------------------------------------------------
+
+    async def _read(
+        self,
+        op: str,
+        stream: str,
+        args: list[str | int],
+        after: str,
+        block_s: float | None,
+        *,
+        deliveries: int,
+    ) -> list[StreamMessage]:
+        """XREAD/XREADGROUP on a connection of our own; see the module docstring."""
+        block_ms = math.ceil(block_s * 1000) if block_s is not None and block_s > 0 else 0
+        if block_ms:
+            args += ["BLOCK", block_ms]
+        args += ["STREAMS", stream, after]
+        pool = self._redis.connection_pool
+        with _translated(op, stream):
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+            try:
+                socket_timeout = conn.socket_timeout
+                limit = None if socket_timeout is None else socket_timeout + block_ms / 1000
+                try:
+                    await conn.send_command(*args)
+                    with anyio.fail_after(limit):
+                        reply = await conn.read_response(
+                            timeout=math.inf, disconnect_on_error=False
+                        )
+                except rexc.ResponseError:
+                    raise  # a complete error reply: the connection is still in sync
+                except BaseException:
+                    # Closed and awaited even when cancelled: see the module docstring.
+                    with anyio.CancelScope(shield=True):
+                        await conn.disconnect()
+                    raise
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await pool.release(conn)
+        return _read_reply(stream, reply, deliveries)
