@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol, runtime_checkable
 
 from codeyard.domain.agent import AgentCapabilities, AgentRequest
@@ -34,8 +34,12 @@ class CodeAgent(Protocol):
         """What this adapter supports; pure, no I/O."""
         ...
 
-    def execute(self, request: AgentRequest) -> AsyncIterator[AgentEvent]:
-        """Run one turn. See the class contract for ordering and termination."""
+    def execute(self, request: AgentRequest) -> AsyncGenerator[AgentEvent, None]:
+        """Run one turn. See the class contract for ordering and termination.
+
+        An async generator, so consumers can ``aclose`` it (``contextlib.aclosing``) and
+        the adapter's cleanup runs when they stop early, not whenever it is collected.
+        """
         ...
 
     async def cancel(self, request_id: str) -> None:

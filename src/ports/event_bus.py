@@ -17,7 +17,8 @@ class EventBus(Protocol):
     - ``publish`` appends and returns the entry id; ids strictly increase per stream.
       ``maxlen`` trims approximately-oldest entries but never below ``maxlen`` entries.
     - ``read`` returns entries with id > ``after`` in order, at most ``count``, waiting up
-      to ``block_s`` for the first one when none is there (``None``: do not wait).
+      to ``block_s`` for the first one when none is there (``None`` or ``<= 0``: do not
+      wait — unlike Redis' ``BLOCK 0``, which waits forever).
     - Consumer groups: ``ensure_group`` is idempotent (creates the stream when missing).
       ``read_group`` delivers new entries to one consumer each and keeps them pending until
       ``ack``. ``claim_stale`` transfers entries pending longer than ``min_idle_s`` to the
