@@ -1,0 +1,177 @@
+"""The ``codeyard`` command line.
+
+``doctor`` and ``demo`` import their machinery (docker, redis, asyncpg: ~0.9 s) inside the
+command, so ``version``, ``config`` and ``--help`` stay fast. Nothing connects anywhere
+until a command asks it to.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+from typing import Annotated, Any
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from codeyard.app.settings import (
+    InvalidSettings,
+    Settings,
+    env_var_name,
+    settings_table_markdown,
+    unknown_env_vars,
+)
+
+app = typer.Typer(
+    name="codeyard",
+    help="Run AI coding agents in isolated, ephemeral Docker workers.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+# Consoles are made per use, not at import: they read the terminal width (COLUMNS) and the
+# current sys.stdout when created, which is what tests and pipes need.
+def _out() -> Console:
+    return Console()
+
+
+def _err() -> Console:
+    return Console(stderr=True)
+
+
+def _settings() -> Settings:
+    """The environment's settings, or a readable error and exit code 2."""
+    try:
+        return Settings()
+    except InvalidSettings as exc:
+        _err().print(f"[bold red]invalid configuration:[/] {exc.message}", highlight=False)
+        for item in exc.fields.get("errors", []):
+            _err().print(f"  {item['env']}: {item['msg']}", highlight=False)
+        if "env" in exc.fields and not exc.fields.get("errors"):
+            _err().print(f"  set {exc.fields['env']}", highlight=False)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def version() -> None:
+    """Print the installed version."""
+    _out().print(f"codeyard {importlib.metadata.version('codeyard')}", highlight=False)
+
+
+def _flatten(data: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        if isinstance(value, dict):
+            rows.extend(_flatten(value, (*path, key)))
+        else:
+            rows.append((env_var_name(*path, key), value))
+    return rows
+
+
+@app.command()
+def config(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print the reference table of every setting.")
+    ] = False,
+) -> None:
+    """Print the effective settings (passwords masked)."""
+    if markdown:
+        typer.echo(settings_table_markdown())
+        return
+    settings = _settings()
+    data = settings.masked()
+    if as_json:
+        typer.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        table = Table(title="codeyard settings (passwords masked)")
+        table.add_column("Variable", style="cyan", no_wrap=True)
+        table.add_column("Value", overflow="fold")
+        for name, value in _flatten(data):
+            table.add_row(name, "[dim]unset[/]" if value is None else str(value))
+        _out().print(table)
+    for name in unknown_env_vars(os.environ):
+        _err().print(f"[yellow]warning:[/] {name} is not a codeyard setting (ignored)")
+
+
+@app.command()
+def doctor() -> None:
+    """Check Docker, Redis, PostgreSQL, agent CLIs and CA certificates; exit 1 if a check
+    the selected backends need fails."""
+    from codeyard.app.doctor import Status, run_checks  # noqa: PLC0415 - see module doc
+
+    settings = _settings()
+    checks = anyio.run(run_checks, settings)
+    colors = {Status.OK: "green", Status.MISSING: "red", Status.WARN: "yellow", Status.SKIP: "dim"}
+    table = Table(title="codeyard doctor")
+    table.add_column("Check", no_wrap=True)
+    table.add_column("Status", no_wrap=True)
+    table.add_column("Needed", no_wrap=True)
+    table.add_column("Detail / fix", overflow="fold")
+    for check in checks:
+        status = check.status
+        if status is not Status.OK and not check.required:
+            color = "yellow" if status is Status.MISSING else colors[status]
+        else:
+            color = colors[status]
+        detail = check.detail + (f"\n[bold]fix:[/] {check.fix}" if check.fix else "")
+        table.add_row(
+            check.name,
+            f"[{color}]{status.value}[/]",
+            "required" if check.required else "optional",
+            detail,
+        )
+    _out().print(table)
+    failed = [c.name for c in checks if c.failed]
+    if failed:
+        _err().print(f"[bold red]required checks failed:[/] {', '.join(failed)}")
+        raise typer.Exit(1)
+    _out().print("[green]all required checks passed[/]")
+
+
+@app.command()
+def demo(
+    runtime: Annotated[
+        str,
+        typer.Option(help="Container runtime: auto (Docker when it answers), memory, docker."),
+    ] = "auto",
+) -> None:
+    """Run 3 jobs through the embedded app with the scripted (offline) agent."""
+    from codeyard.app.demo import RuntimeChoice, run_demo  # noqa: PLC0415 - see module doc
+
+    choices: dict[str, RuntimeChoice] = {"auto": "auto", "memory": "memory", "docker": "docker"}
+    if runtime not in choices:
+        raise typer.BadParameter("expected auto, memory or docker", param_hint="--runtime")
+    report = anyio.run(run_demo, choices[runtime])
+    table = Table(
+        title="codeyard demo: scripted agent (offline); real CLIs land with issue #3",
+        caption=f"runtime: {report.runtime} ({report.runtime_note})",
+    )
+    for column in ("Job", "Worker", "Events"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("Job status", no_wrap=True)
+    table.add_column("Result", overflow="fold")
+    table.add_column("Ran (s)", no_wrap=True)
+    for row in report.rows:
+        table.add_row(
+            row.job_id[:8],
+            row.worker_id,
+            str(row.events_published),
+            row.job_status.value,
+            f"{row.result_status}: {row.result_text}",
+            f"{row.started_s:.2f}-{row.finished_s:.2f}",
+        )
+    _out().print(table)
+    _out().print(
+        f"{len(report.rows)} jobs claimed concurrently by {len(report.rows)} workers "
+        f"in {report.wall_s:.2f} s wall time; events published to the event bus and read back.",
+        highlight=False,
+    )
+
+
+def main() -> None:
+    app()
