@@ -112,7 +112,8 @@ _LIVE = {
     WorkerStatus.FAILED,
 }
 _TRANSITIONS: dict[WorkerStatus, frozenset[WorkerStatus]] = {
-    WorkerStatus.STARTING: frozenset(_LIVE),
+    # Repeating the current state is idempotent (a retried command must not fail).
+    WorkerStatus.STARTING: frozenset({WorkerStatus.STARTING, *_LIVE}),
     WorkerStatus.RUNNING: frozenset(_LIVE),
     WorkerStatus.IDLE: frozenset(_LIVE),
     WorkerStatus.BUSY: frozenset(_LIVE),

@@ -134,6 +134,8 @@ def test_worker_spec_modules_are_canonical_so_hashes_are_stable() -> None:
 def test_terminal_worker_states_are_final() -> None:
     check_transition("w", WorkerStatus.STARTING, WorkerStatus.RUNNING)
     check_transition("w", WorkerStatus.BUSY, WorkerStatus.IDLE)
+    for state in WorkerStatus:  # repeating the current state is always allowed
+        check_transition("w", state, state)
     with pytest.raises(errors.InvalidTransition) as info:
         check_transition("w", WorkerStatus.STOPPED, WorkerStatus.RUNNING)
     assert info.value.fields == {"worker_id": "w", "current": "stopped", "requested": "running"}
