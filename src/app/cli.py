@@ -146,10 +146,15 @@ def demo(
     choices: dict[str, RuntimeChoice] = {"auto": "auto", "memory": "memory", "docker": "docker"}
     if runtime not in choices:
         raise typer.BadParameter("expected auto, memory or docker", param_hint="--runtime")
-    report = anyio.run(run_demo, choices[runtime])
+    settings = _settings()
+    report = anyio.run(run_demo, choices[runtime], settings)
+    backends = settings.backends
     table = Table(
         title="codeyard demo: scripted agent (offline); real CLIs land with issue #3",
-        caption=f"runtime: {report.runtime} ({report.runtime_note})",
+        caption=(
+            f"event bus: {backends.event_bus}, queue: {backends.queue}, "
+            f"registry: {backends.registry}, runtime: {report.runtime} ({report.runtime_note})"
+        ),
     )
     for column in ("Job", "Worker", "Events"):
         table.add_column(column, no_wrap=True)

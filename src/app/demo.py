@@ -10,6 +10,7 @@ answered, not what the demo intended.
 from __future__ import annotations
 
 import contextlib
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
@@ -75,16 +76,23 @@ async def docker_answers(timeout_s: float = 5.0) -> tuple[bool, str]:
     return True, "engine answered"
 
 
-async def run_demo(runtime: RuntimeChoice = "auto") -> DemoReport:
+async def run_demo(runtime: RuntimeChoice = "auto", settings: Settings | None = None) -> DemoReport:
+    """Run the demo on the configured backends (``CODEYARD_BACKENDS__*``; memory by default).
+
+    ``runtime`` overrides the configured container runtime; ``auto`` picks Docker when the
+    engine answers.
+    """
     note = "chosen"
     if runtime == "auto":
         answered, why = await docker_answers()
         runtime = "docker" if answered else "memory"
         note = why if answered else f"no Docker engine ({why}); using memory"
-    settings = Settings(
-        backends={"event_bus": "memory", "queue": "memory", "registry": "memory"}
-        | {"runtime": runtime},
+    base = settings or Settings()
+    settings = base.model_copy(
+        update={"backends": base.backends.model_copy(update={"runtime": runtime})}
     )
+    # Unique per run: a durable registry (Postgres) keeps the workers of earlier runs.
+    run_tag = uuid.uuid4().hex[:8]
     agent = ScriptedCodeAgent(step_delay_s=STEP_DELAY_S)
     async with open_app(settings, overrides={"code_agent": agent}) as app:
         if runtime == "docker":
@@ -100,7 +108,7 @@ async def run_demo(runtime: RuntimeChoice = "auto") -> DemoReport:
         rows: list[DemoRow] = []
         async with anyio.create_task_group() as tg:
             for n in range(1, len(PROMPTS) + 1):
-                tg.start_soon(_worker, app, f"demo-worker-{n}", started, rows)
+                tg.start_soon(_worker, app, f"demo-{run_tag}-worker-{n}", started, rows)
         wall = anyio.current_time() - started
     rows.sort(key=lambda r: r.worker_id)
     return DemoReport(runtime, note, tuple(rows), wall)
