@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -92,7 +93,7 @@ def test_demo_runs_three_jobs_and_prints_a_results_table() -> None:
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "scripted agent (offline); real CLIs land with issue #3" in out
-    rows = [line for line in out.splitlines() if "demo-worker-" in line]
+    rows = [line for line in out.splitlines() if re.search(r"demo-[0-9a-f]{8}-worker-", line)]
     assert len(rows) == 3
     for row in rows:
         assert "succeeded" in row
