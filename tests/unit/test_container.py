@@ -91,6 +91,7 @@ async def test_server_backends_wire_the_real_adapters_without_connecting() -> No
         assert isinstance(container.runtime(), DockerContainerRuntime)
     finally:
         docker_client.close()
+        await redis_client.aclose()
 
 
 def test_a_selected_backend_without_its_client_fails_loudly() -> None:
