@@ -5,6 +5,7 @@ from codeyard.ports.code_agent import CodeAgent
 from codeyard.ports.container_runtime import ContainerRuntime
 from codeyard.ports.event_bus import EventBus
 from codeyard.ports.image_cache import ImageCache
+from codeyard.ports.process_launcher import ProcessHandle, ProcessLauncher
 from codeyard.ports.work_queue import WorkQueue
 from codeyard.ports.worker_registry import WorkerRegistry
 
@@ -14,6 +15,8 @@ __all__ = [
     "ContainerRuntime",
     "EventBus",
     "ImageCache",
+    "ProcessHandle",
+    "ProcessLauncher",
     "WorkQueue",
     "WorkerRegistry",
 ]

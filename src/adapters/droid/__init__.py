@@ -1,0 +1,1 @@
+"""droid adapters."""

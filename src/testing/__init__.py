@@ -1,0 +1,1 @@
+"""Test doubles shipped with codeyard (the scripted model server), usable offline."""
