@@ -1,16 +1,17 @@
 """Shared fixtures: real, ephemeral services for every test folder (unit, contract,
 integration, e2e).
 
-Service fixtures (the helpers are in ``tests/services.py``):
+Service fixtures (the helpers are in the ``tests/services/`` package):
 
 * ``redis_url`` (session): an ephemeral ``redis-server`` on a free port, no persistence;
   yields ``redis://127.0.0.1:PORT/0``.
 * ``redis_db`` (function): the same URL after ``FLUSHDB``, so each test starts empty.
 * ``postgres_dsn`` (session): an ephemeral PostgreSQL cluster (``initdb -A trust``, run as the
-  ``postgres`` OS user when root, fsync off) with a database ``codeyard``; yields
-  ``postgresql://postgres@127.0.0.1:PORT/codeyard``.
+  ``postgres`` OS user when root, fsync off, on tmpfs when ``/dev/shm`` has room) with a
+  database ``codeyard``; yields ``postgresql://postgres@127.0.0.1:PORT/codeyard``.
 * ``postgres_db`` (function): a fresh database per test, created from an empty template
-  database, dropped afterwards; yields its DSN.
+  database, dropped afterwards; yields its DSN. About 20 ms a test: both statements go
+  through one admin connection kept open for the session.
 * ``docker_client`` (session): ``docker.from_env(max_pool_size=32)`` after ``ping()``.
 * ``test_image`` (session): the tag of the local image ``codeyard-test/busybox:latest``
   (static busybox, no registry), built by ``scripts/build-test-image`` when missing.

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 from pydantic import JsonValue
 
 from codeyard.domain.task import Job, RetryPolicy
+
+#: ``last_error`` of a job dead-lettered by ``claim`` because its holder's lease expired
+#: while it had no attempts left (the worker most likely crashed on the job).
+LEASE_EXPIRED_ON_FINAL_ATTEMPT: Final = "lease expired on the final attempt"
 
 
 @runtime_checkable
@@ -18,8 +22,19 @@ class WorkQueue(Protocol):
       existing job unchanged.
     - ``claim`` hands each available job to exactly one caller (even under concurrency),
       increments ``attempts``, sets status ``running`` and a lease until now + ``lease``;
-      returns ``None`` when nothing is available. A running job whose lease expired is
-      available again (the crashed holder lost it).
+      returns ``None`` when nothing is available. Available means: ``queued`` with
+      ``available_at <= now``, or ``running`` with an expired lease (``lease_expires_at <=
+      now``: the holder lost it, most likely crashed) and ``attempts < max_attempts``.
+    - Poison jobs: a ``running`` job whose lease expired with ``attempts >= max_attempts``
+      is never handed out again. ``claim`` on its queue dead-letters it instead - status
+      ``failed``, ``last_error`` = :data:`LEASE_EXPIRED_ON_FINAL_ATTEMPT` (replacing any
+      earlier error), lease cleared, ``attempts`` unchanged - atomically (a concurrent
+      ``claim``, ``extend``, ``complete`` or ``fail`` sees either the running job or the
+      failed one), and goes on to claim another available job in the same call. Until some
+      ``claim`` on its queue does that, such a job stays ``running`` (``depth`` counts it,
+      ``wait`` does not wake for it) and its former holder already gets ``LeaseLost``.
+    - Hence ``attempts <= max_attempts`` always holds, in every status; a ``queued`` job
+      always has ``attempts < max_attempts``.
     - ``extend``, ``complete`` and ``fail`` require the caller to hold the lease
       (``owner`` and unexpired), else ``LeaseLost``; unknown ids raise ``JobNotFound``.
     - ``fail`` re-queues with ``retry.delay(attempts)`` while attempts remain, else marks the
@@ -44,7 +59,8 @@ class WorkQueue(Protocol):
         ...
 
     async def claim(self, queue: str, owner: str, *, lease: timedelta) -> Job | None:
-        """Take the oldest available job of ``queue`` for ``owner``."""
+        """Dead-letter the expired poison jobs of ``queue``, then take its oldest available
+        job for ``owner``."""
         ...
 
     async def extend(self, job_id: str, owner: str, *, lease: timedelta) -> Job:

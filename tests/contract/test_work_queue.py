@@ -9,22 +9,34 @@ never expires during a test) and ``env.advance``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import anyio
 import asyncpg
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from codeyard.adapters.memory.clock import ManualClock
 from codeyard.adapters.memory.work_queue import InMemoryWorkQueue
 from codeyard.adapters.postgres.migrate import migrate
 from codeyard.adapters.postgres.work_queue import PostgresWorkQueue
 from codeyard.domain.errors import CodeyardError, InvalidRequest, JobNotFound, LeaseLost
-from codeyard.domain.task import JobStatus, RetryPolicy
-from codeyard.ports.work_queue import WorkQueue
+from codeyard.domain.task import Job, JobStatus, RetryPolicy
+from codeyard.ports.work_queue import LEASE_EXPIRED_ON_FINAL_ATTEMPT, WorkQueue
 
 pytestmark = pytest.mark.anyio
 
@@ -228,6 +240,123 @@ async def test_an_expired_lease_is_lost_even_when_nobody_reclaimed(env: QueueEnv
 
     with pytest.raises(LeaseLost):
         await env.queue.complete(job.id, "w1")
+
+
+async def test_an_expired_lease_on_the_final_attempt_dead_letters_the_job(env: QueueEnv) -> None:
+    poison = await env.queue.enqueue(Q, {"crashes": "its worker"}, max_attempts=1)
+    claimed = await env.queue.claim(Q, "crashed", lease=env.short)
+    assert claimed is not None
+    assert claimed.attempts == 1
+
+    await env.advance(env.short_s)
+    assert await env.queue.depth(Q) == 1  # still running until a claim dead-letters it
+    assert await env.queue.claim(Q, "w2", lease=LONG) is None
+
+    dead = await env.queue.get(poison.id)
+    assert dead is not None
+    assert (dead.status, dead.attempts, dead.last_error) == (
+        JobStatus.FAILED,
+        1,
+        LEASE_EXPIRED_ON_FINAL_ATTEMPT,
+    )
+    assert (dead.lease_owner, dead.lease_expires_at) == (None, None)
+    assert dead.updated_at >= claimed.updated_at
+    assert await env.queue.depth(Q) == 0
+    with pytest.raises(LeaseLost):
+        await env.queue.complete(poison.id, "crashed")
+    await env.advance(env.short_s)
+    assert await env.queue.claim(Q, "w3", lease=LONG) is None
+    assert await env.queue.get(poison.id) == dead
+    assert await env.queue.cancel(poison.id) == dead  # terminal: unchanged
+
+
+async def test_claim_dead_letters_poison_jobs_and_claims_the_next_one(env: QueueEnv) -> None:
+    # A job that crashes its worker every time: each attempt's lease expires.
+    poison = await env.queue.enqueue(Q, {"n": "poison"}, max_attempts=2)
+    for attempt in (1, 2):
+        claimed = await env.queue.claim(Q, "crashed", lease=env.short)
+        assert claimed is not None
+        assert (claimed.id, claimed.attempts) == (poison.id, attempt)
+        await env.advance(env.short_s)
+    other_queue = await env.queue.enqueue("other", {})
+    healthy = await env.queue.enqueue(Q, {"n": "healthy"})
+
+    claimed = await env.queue.claim(Q, "w2", lease=LONG)
+
+    # The older poison job is skipped and dead-lettered in the same call.
+    assert claimed is not None
+    assert (claimed.id, claimed.attempts) == (healthy.id, 1)
+    dead = await env.queue.get(poison.id)
+    assert dead is not None
+    assert (dead.status, dead.attempts, dead.last_error) == (
+        JobStatus.FAILED,
+        2,
+        LEASE_EXPIRED_ON_FINAL_ATTEMPT,
+    )
+    assert await env.queue.depth(Q) == 1  # the healthy job, running
+    assert await env.queue.get(other_queue.id) == other_queue
+
+
+async def test_concurrent_claimers_dead_letter_poison_and_share_the_rest(env: QueueEnv) -> None:
+    poison = [await env.queue.enqueue(Q, {"poison": i}, max_attempts=1) for i in range(6)]
+    for _ in poison:
+        assert await env.queue.claim(Q, "crashed", lease=env.short) is not None
+    await env.advance(env.short_s)
+    healthy = {(await env.queue.enqueue(Q, {"i": i})).id for i in range(10)}
+    claimed: dict[str, list[str]] = {}
+
+    async def claimer(owner: str) -> None:
+        claimed[owner] = await claim_all(env.queue, owner)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(5):
+            tg.start_soon(claimer, f"w{i}")
+
+    every = [job_id for ids in claimed.values() for job_id in ids]
+    assert sorted(every) == sorted(healthy)
+    for job in poison:
+        dead = await env.queue.get(job.id)
+        assert dead is not None
+        assert (dead.status, dead.attempts, dead.last_error) == (
+            JobStatus.FAILED,
+            1,
+            LEASE_EXPIRED_ON_FINAL_ATTEMPT,
+        )
+    assert await env.queue.depth(Q) == len(healthy)
+
+
+async def test_attempts_never_exceed_max_attempts(env: QueueEnv) -> None:
+    """Claim/expire cycles, mixed with failed attempts: every job ends dead-lettered after
+    exactly ``max_attempts`` claims, and no state along the way has more attempts."""
+    retry = RetryPolicy(base_s=env.short_s / 10, max_s=env.short_s / 10)
+    jobs = [await env.queue.enqueue(Q, {"max": n}, max_attempts=n) for n in (1, 2, 3)]
+    claims = dict.fromkeys((job.id for job in jobs), 0)
+
+    for cycle in range(4):
+        while (job := await env.queue.claim(Q, f"w{cycle}", lease=env.short)) is not None:
+            claims[job.id] += 1
+            assert 1 <= job.attempts <= job.max_attempts
+            if job.max_attempts == 3 and job.attempts == 1:  # a failure, then crashes
+                await env.queue.fail(job.id, f"w{cycle}", error="boom", retry=retry)
+        for job_id in claims:
+            current = await env.queue.get(job_id)
+            assert current is not None
+            assert current.attempts <= current.max_attempts, current
+            if current.status is JobStatus.QUEUED:
+                assert current.attempts < current.max_attempts, current
+        await env.advance(env.short_s)
+    assert await env.queue.claim(Q, "last", lease=LONG) is None
+
+    for job in jobs:
+        final = await env.queue.get(job.id)
+        assert final is not None
+        assert (final.status, final.attempts, final.last_error) == (
+            JobStatus.FAILED,
+            job.max_attempts,
+            LEASE_EXPIRED_ON_FINAL_ATTEMPT,
+        )
+        assert claims[job.id] == job.max_attempts
+    assert await env.queue.depth(Q) == 0
 
 
 async def test_extend_pushes_the_lease(env: QueueEnv) -> None:
@@ -449,3 +578,88 @@ async def test_wait_times_out_when_nothing_comes(env: QueueEnv) -> None:
     elapsed = anyio.current_time() - began
 
     assert 0.29 <= elapsed < 2.0
+
+
+# --- properties (memory only: they need instant time) ---------------------------------------
+
+
+_T = TypeVar("_T")
+
+
+class _JobLifecycle(RuleBasedStateMachine):
+    """Random claims (by crashing workers too), lease expiries, extends, fails, completions
+    and cancels. Whatever the order, no job ever has more attempts than ``max_attempts``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runner = asyncio.Runner()
+        self.clock = ManualClock()
+        self.queue = InMemoryWorkQueue(self.clock)
+        self.ids: list[str] = []
+        self.claims: dict[str, int] = {}
+
+    def run(self, coro: Coroutine[object, object, _T]) -> _T:
+        return self.runner.run(coro)
+
+    def pick(self, index: int) -> str:
+        return self.ids[index % len(self.ids)]
+
+    @rule(max_attempts=st.integers(1, 3))
+    def enqueue(self, max_attempts: int) -> None:
+        job = self.run(self.queue.enqueue(Q, {}, max_attempts=max_attempts))
+        self.ids.append(job.id)
+        self.claims[job.id] = 0
+
+    @rule(owner=st.sampled_from(["w1", "w2"]), lease_s=st.sampled_from([1.0, 10.0]))
+    def claim(self, owner: str, lease_s: float) -> None:
+        job = self.run(self.queue.claim(Q, owner, lease=timedelta(seconds=lease_s)))
+        if job is not None:
+            self.claims[job.id] += 1
+
+    @rule(seconds=st.sampled_from([0.5, 2.0, 20.0]))
+    def advance(self, seconds: float) -> None:
+        self.clock.advance(seconds)
+
+    @precondition(lambda self: self.ids)
+    @rule(
+        index=st.integers(0, 99),
+        owner=st.sampled_from(["w1", "w2"]),
+        action=st.sampled_from(["extend", "complete", "fail"]),
+    )
+    def held_call(self, index: int, owner: str, action: str) -> None:
+        job_id = self.pick(index)
+        calls: dict[str, Callable[[], Coroutine[object, object, Job]]] = {
+            "extend": lambda: self.queue.extend(job_id, owner, lease=timedelta(seconds=5)),
+            "complete": lambda: self.queue.complete(job_id, owner),
+            "fail": lambda: self.queue.fail(
+                job_id, owner, error="boom", retry=RetryPolicy(base_s=1, max_s=1)
+            ),
+        }
+        with contextlib.suppress(LeaseLost):
+            self.run(calls[action]())
+
+    @precondition(lambda self: self.ids)
+    @rule(index=st.integers(0, 99))
+    def cancel(self, index: int) -> None:
+        self.run(self.queue.cancel(self.pick(index)))
+
+    @invariant()
+    def attempts_stay_within_max_attempts(self) -> None:
+        for job_id, claims in self.claims.items():
+            job = self.run(self.queue.get(job_id))
+            assert job is not None
+            assert job.attempts == claims <= job.max_attempts, job
+            if job.status is JobStatus.QUEUED:
+                assert job.attempts < job.max_attempts, job
+            if job.last_error == LEASE_EXPIRED_ON_FINAL_ATTEMPT:
+                assert (job.status, job.attempts) == (JobStatus.FAILED, job.max_attempts), job
+
+    def teardown(self) -> None:
+        self.runner.close()
+
+
+def test_attempts_never_exceed_max_attempts_in_any_interleaving() -> None:
+    run_state_machine_as_test(
+        _JobLifecycle,
+        settings=settings(max_examples=40, stateful_step_count=25, deadline=None),
+    )

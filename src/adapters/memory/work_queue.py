@@ -9,7 +9,8 @@ event loop each call is atomic; each call starts with a checkpoint, so a cancell
 never happened. Jobs are frozen models: the stored object is returned as is.
 
 Lease boundaries match the Postgres adapter: a lease is held while ``now < expires_at`` and
-a running job is claimable again from ``now >= expires_at``.
+a running job is claimable again from ``now >= expires_at`` - or, with no attempts left,
+dead-lettered by the next ``claim`` on its queue (inside the same atomic call).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from codeyard.adapters.memory.clock import SystemClock
 from codeyard.domain.errors import InvalidRequest, JobNotFound, LeaseLost
 from codeyard.domain.task import Job, JobStatus, RetryPolicy
 from codeyard.ports.clock import Clock
+from codeyard.ports.work_queue import LEASE_EXPIRED_ON_FINAL_ATTEMPT
 
 _DEFAULT_RETRY = RetryPolicy()
 
@@ -77,6 +79,7 @@ class InMemoryWorkQueue:
         await anyio.lowlevel.checkpoint()
         _check_lease(lease)
         now = self._clock.now()
+        self._dead_letter_poison(queue, now)
         candidates = [j for j in self._jobs.values() if j.queue == queue and _claimable(j, now)]
         if not candidates:
             return None
@@ -182,6 +185,19 @@ class InMemoryWorkQueue:
             raise LeaseLost("lease not held", job_id=job_id, owner=owner)
         return job, now
 
+    def _dead_letter_poison(self, queue: str, now: datetime) -> None:
+        """Fail every job of ``queue`` whose lease expired on its final attempt."""
+        for job in list(self._jobs.values()):
+            if job.queue == queue and _expired(job, now) and job.attempts >= job.max_attempts:
+                self._store(
+                    job,
+                    status=JobStatus.FAILED,
+                    last_error=LEASE_EXPIRED_ON_FINAL_ATTEMPT,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+
     def _store(self, job: Job, **update: object) -> Job:
         # model_copy skips validation: every update above is built from valid values.
         new = job.model_copy(update=update)
@@ -194,12 +210,17 @@ class InMemoryWorkQueue:
             event.set()
 
 
+def _expired(job: Job, now: datetime) -> bool:
+    """A running job whose holder lost the lease."""
+    return job.status is JobStatus.RUNNING and (
+        job.lease_expires_at is None or job.lease_expires_at <= now
+    )
+
+
 def _claimable(job: Job, now: datetime) -> bool:
     if job.status is JobStatus.QUEUED:
         return job.available_at <= now
-    if job.status is JobStatus.RUNNING:
-        return job.lease_expires_at is None or job.lease_expires_at <= now
-    return False
+    return _expired(job, now) and job.attempts < job.max_attempts
 
 
 def _check_lease(lease: timedelta) -> None:

@@ -6,7 +6,9 @@
   the server's clock.) Note ``now()`` is the start of the transaction.
 * **Claiming** is one ``UPDATE ... WHERE id = (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)``:
   concurrent claimers skip each other's rows and never get the same job. A lease is held
-  while ``now() < lease_expires_at``; from ``lease_expires_at`` on, the job is claimable.
+  while ``now() < lease_expires_at``; from ``lease_expires_at`` on, the job is claimable if
+  ``attempts < max_attempts``, else a CTE of the same statement dead-letters it (locking it
+  ``FOR UPDATE SKIP LOCKED`` too, so a row another transaction holds is left to that one).
 * **Lease checks** are in the ``WHERE`` of the write; when it matches nothing, a second
   query tells ``JobNotFound`` (no such id; jobs are never deleted) from ``LeaseLost``.
 * **wait** LISTENs on channel ``codeyard_jobs`` (a trigger notifies the queue name whenever
@@ -34,6 +36,7 @@ from codeyard.adapters.postgres._codec import JOB_COLUMNS, dump_json, job_from_r
 from codeyard.adapters.postgres._errors import translated
 from codeyard.domain.errors import InvalidRequest, JobNotFound, LeaseLost
 from codeyard.domain.task import Job, RetryPolicy
+from codeyard.ports.work_queue import LEASE_EXPIRED_ON_FINAL_ATTEMPT
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -47,10 +50,11 @@ _DEFAULT_RETRY = RetryPolicy()
 # Giving the LISTEN connection back is best effort: a dead connection is dropped by the pool.
 _CLEANUP_ERRORS = (OSError, asyncpg.exceptions.InterfaceError, asyncpg.exceptions.PostgresError)
 
-_CLAIMABLE = """
+_EXPIRED = "status = 'running' AND lease_expires_at <= now()"
+_CLAIMABLE = f"""
     queue = $1 AND (
         (status = 'queued' AND available_at <= now())
-        OR (status = 'running' AND lease_expires_at <= now())
+        OR ({_EXPIRED} AND attempts < max_attempts)
     )"""
 _HELD = "id = $1 AND lease_owner = $2 AND status = 'running' AND lease_expires_at > now()"
 _RELEASE = "lease_owner = NULL, lease_expires_at = NULL, updated_at = now()"
@@ -61,7 +65,17 @@ _INSERT = f"""
     ON CONFLICT (id) DO NOTHING
     RETURNING {JOB_COLUMNS}"""
 _SELECT = f"SELECT {JOB_COLUMNS} FROM codeyard_jobs WHERE id = $1"
+# $4: the dead letter's last_error. MATERIALIZED locks the poison rows once (a locking
+# subquery under IN may be re-run); a data-modifying CTE always runs to completion.
 _CLAIM = f"""
+    WITH poison AS MATERIALIZED (
+        SELECT id FROM codeyard_jobs
+        WHERE queue = $1 AND {_EXPIRED} AND attempts >= max_attempts
+        FOR UPDATE SKIP LOCKED
+    ), dead AS (
+        UPDATE codeyard_jobs SET status = 'failed', last_error = $4, {_RELEASE}
+        WHERE id IN (SELECT id FROM poison)
+    )
     UPDATE codeyard_jobs SET
         status = 'running', attempts = attempts + 1, lease_owner = $2,
         lease_expires_at = now() + $3::interval, updated_at = now()
@@ -153,7 +167,9 @@ class PostgresWorkQueue:
     async def claim(self, queue: str, owner: str, *, lease: timedelta) -> Job | None:
         _check_lease(lease)
         with translated("claim"):
-            row = await self._pool.fetchrow(_CLAIM, queue, owner, lease)
+            row = await self._pool.fetchrow(
+                _CLAIM, queue, owner, lease, LEASE_EXPIRED_ON_FINAL_ATTEMPT
+            )
         return None if row is None else job_from_row(row)
 
     async def extend(self, job_id: str, owner: str, *, lease: timedelta) -> Job:
