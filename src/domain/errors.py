@@ -147,6 +147,13 @@ class UnsupportedProvider(InvalidInput):
     code = "unsupported_provider"
 
 
+class ProviderLoadFailed(UnsupportedProvider):
+    """A registered provider (a plugin's entry point, a built-in's module) cannot be loaded;
+    ``fields["entry_point"]`` names it."""
+
+    code = "provider_load_failed"
+
+
 # --- not found ----------------------------------------------------------------------------
 
 
@@ -164,6 +171,12 @@ class ContainerNotFound(NotFound):
 
 class ImageNotFound(NotFound):
     code = "image_not_found"
+
+
+class ExecutableNotFound(NotFound):
+    """A program to start (an agent CLI binary) does not exist where it was looked for."""
+
+    code = "executable_not_found"
 
 
 # --- conflict -----------------------------------------------------------------------------

@@ -14,6 +14,10 @@ class ProcessHandle(Protocol):
     Contract:
     - ``stdout_chunks``/``stderr_chunks`` yield raw bytes as they arrive (arbitrary chunk
       boundaries: callers split lines themselves) and end at EOF. Each may be iterated once.
+      They and ``wait`` are cancel-safe: cancelling a pending ``__anext__``/``wait`` loses
+      no bytes and leaves them usable (the CLI run loop races both pipes and the exit).
+    - ``wait`` returns when the leader exits, even while a child it left keeps the pipes
+      open.
     - ``signal_group`` sends a signal to the process group the process leads; on a process
       that already exited it is a no-op (never an error).
     - ``wait`` returns the exit code; death by signal N is reported as ``128 + N`` (the
