@@ -31,6 +31,10 @@ from codeyard.domain.agent import AgentCapabilities, AgentRequest, ResultStatus
 from codeyard.domain.errors import CodeyardError, InvalidInput, ResumeUnsupported
 from codeyard.domain.events import AgentEvent
 from codeyard.ports.code_agent import CodeAgent
+from tests.integration.claude_support import claude_subject
+from tests.integration.codex_gemini_support import cli_subject
+from tests.integration.droid_support import droid_subject
+from tests.integration.opencode_support import opencode_subject
 
 pytestmark = pytest.mark.anyio
 
@@ -75,6 +79,11 @@ def _scripted(_: pytest.FixtureRequest) -> AgentUnderTest:
 
 _SUBJECTS: dict[str, Callable[[pytest.FixtureRequest], AgentUnderTest]] = {
     "scripted": _scripted,
+    "claude": lambda r: claude_subject(AgentUnderTest, r, QUICK, HANG),
+    "codex": lambda r: cli_subject(AgentUnderTest, "codex", r, QUICK, HANG),
+    "gemini": lambda r: cli_subject(AgentUnderTest, "gemini", r, QUICK, HANG),
+    "droid": lambda r: droid_subject(AgentUnderTest, r, QUICK, HANG),
+    "opencode": lambda r: opencode_subject(AgentUnderTest, r, QUICK, HANG),
 }
 
 
@@ -243,10 +252,13 @@ async def test_consumer_cancellation_propagates_and_leaves_nothing_running(
     request = agent.request(agent.hang_prompt)
     events: list[AgentEvent] = []
     with anyio.fail_after(DEADLINE_S):
-        with anyio.move_on_after(0.5) as scope:
+        # Cancelled 0.5 s after the first event, while the run hangs (a fixed 0.5 s from
+        # the start would fire before a real CLI's first event: Gemini takes ~1.3 s).
+        with anyio.move_on_after(DEADLINE_S) as scope:
             async with contextlib.aclosing(agent.agent.execute(request)) as stream:
                 async for event in stream:
                     events.append(event)
+                    scope.deadline = min(scope.deadline, anyio.current_time() + 0.5)
         # Swallowing the cancellation would end the loop normally: the scope would not
         # have caught it, and a synthesized result would likely have been yielded.
         assert scope.cancelled_caught
