@@ -67,7 +67,13 @@ async def kill_run(pgid: int, *, leader: int, settle_s: float = 2.0) -> None:
     root only while it is still this process's child: a reaped pid may be reused.
     """
     me = os.getpid()
+    own_group = os.getpgrp()
     known: dict[int, int] = {}  # pid -> start time of every process targeted so far
+    # Every process group seen among the run's processes. A tool forked between our
+    # snapshot and the kill is missed by parent links once its parent dies (it is
+    # re-parented to PID 1), but it stays in its parent's group: killing whole groups
+    # catches it.
+    groups: set[int] = {pgid}
     with anyio.move_on_after(settle_s):
         while True:
             procs = await anyio.to_thread.run_sync(local_table)
@@ -76,9 +82,13 @@ async def kill_run(pgid: int, *, leader: int, settle_s: float = 2.0) -> None:
             if leader in procs and procs[leader].ppid == me:
                 roots.append(leader)
             members = run_members(procs, pgid, roots, exclude={me})
+            members |= {pid for pid, p in procs.items() if p.pgid in groups and pid != me}
+            groups |= {procs[pid].pgid for pid in members}
+            groups.discard(own_group)  # never our own group: that would kill the caller
             alive = [pid for pid in members if not procs[pid].zombie]
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, signal.SIGKILL)
+            for group in groups:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(group, signal.SIGKILL)
             for pid in alive:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
