@@ -248,12 +248,17 @@ async def test_containers_reach_the_server_over_the_bridge(
         url = f"{server.bridge_base_url()}/health"
 
         def fetch() -> bytes:
-            output: bytes = docker_client.containers.run(
-                # Not PID 1, so `timeout` can stop it; busybox wget's own -T crashes.
-                test_image,
-                ["sh", "-c", f"timeout 15 wget -qO- {url}"],
-                remove=True,
+            # Not PID 1, so `timeout` can stop it; busybox wget's own -T crashes.
+            container = docker_client.containers.run(
+                test_image, ["sh", "-c", f"timeout 15 wget -qO- {url}"], detach=True
             )
+            try:
+                assert container.wait(timeout=30)["StatusCode"] == 0
+                # Read the logs after exit: a followed log stream (what a non-detached
+                # `run` uses) can lose a last line without a newline, like this reply.
+                output: bytes = container.logs(stdout=True, stderr=False)
+            finally:
+                container.remove(force=True)
             return output
 
         output = await anyio.to_thread.run_sync(fetch)
