@@ -278,10 +278,12 @@ def test_home_files_are_private_and_stay_inside_home(tmp_path: Path) -> None:
             write_home_files(home, {PurePosixPath(bad): "x"})
     outside = tmp_path / "outside"
     (home / "link").symlink_to(outside)
-    # O_NOFOLLOW: a planted symlink is not written through (ELOOP).
-    with pytest.raises(OSError, match="Too many levels of symbolic links"):
-        write_home_files(home, {PurePosixPath("link"): "x"})
+    # A planted symlink is replaced by the renamed file, never written through.
+    write_home_files(home, {PurePosixPath("link"): "x"})
     assert not outside.exists()
+    assert not (home / "link").is_symlink()
+    assert (home / "link").read_text() == "x"
+    assert [p.name for p in home.iterdir() if p.name.endswith(".tmp")] == []
 
 
 # --- CliCodeAgent: checks before anything starts -------------------------------------------

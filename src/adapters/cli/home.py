@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
 
@@ -21,8 +22,10 @@ def check_relative(path: PurePosixPath) -> None:
 def write_home_files(home: Path, files: Mapping[PurePosixPath, str]) -> None:
     """Create ``home`` (0700) and write each file (0600, parents 0700), replacing content.
 
-    Blocking: run it in a worker thread. The final path component is never followed if it
-    is a symlink (``O_NOFOLLOW``), so a tool cannot redirect a config write elsewhere.
+    Blocking: run it in a worker thread. Each file is written to a fresh temporary name
+    (``O_EXCL``: never follows a planted symlink) and renamed over the target, so a CLI
+    starting concurrently in the same HOME reads the old or the new file, never half of
+    one; ``rename`` replaces a symlink at the target rather than writing through it.
     """
     for rel in files:
         check_relative(rel)
@@ -30,8 +33,12 @@ def write_home_files(home: Path, files: Mapping[PurePosixPath, str]) -> None:
     for rel, content in files.items():
         target = home.joinpath(*rel.parts)
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            # An existing file keeps its mode through O_CREAT: tighten it explicitly.
-            os.fchmod(fd, 0o600)
-            out.write(content.encode())
+        temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(content.encode())
+            os.replace(temp, target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
