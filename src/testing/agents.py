@@ -9,30 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple
 
+from codeyard.domain.agent_cli import PINNED, Pin
 from codeyard.domain.errors import NotFound
 
 INSTALL_COMMAND = "scripts/install-agents"
 
-
-class Pin(NamedTuple):
-    """One npm package pinned to an exact version and the binary it provides."""
-
-    package: str
-    version: str
-    binary: str
-
-
-#: provider -> pinned npm package. Must match the PINS table of ``scripts/install-agents``
-#: (tests/unit/test_model_server_agents.py checks both agree).
-PINNED: dict[str, Pin] = {
-    "claude": Pin("@anthropic-ai/claude-code", "2.1.330", "claude"),
-    "droid": Pin("droid", "0.215.0", "droid"),
-    "opencode": Pin("opencode-ai", "1.18.33", "opencode"),
-    "codex": Pin("@openai/codex", "0.169.0", "codex"),
-    "gemini": Pin("@google/gemini-cli", "0.61.0", "gemini"),
-}
+__all__ = ["INSTALL_COMMAND", "PINNED", "AgentBinaryMissing", "Pin", "agent_binary", "agents_dir"]
 
 
 class AgentBinaryMissing(NotFound):
