@@ -30,6 +30,26 @@ class ContainerState(StrEnum):
     REMOVING = "removing"
 
 
+class ExitReason(StrEnum):
+    """Why a container's main process ended."""
+
+    EXITED = "exited"
+    """It ended by itself (any exit code), or something else than us stopped it."""
+    OOM = "oom"
+    """The kernel's OOM killer ended it (exit 137 with the engine's OOM flag)."""
+    STOPPED = "stopped"
+    """Our ``stop`` ended it: SIGTERM (143) or the SIGKILL after the timeout (137)."""
+
+
+def exit_reason(exit_code: int, *, oom_killed: bool, stopped: bool) -> ExitReason:
+    """The reason for an ended container; ``stopped``: a stop was asked for it."""
+    if exit_code == 137 and oom_killed:
+        return ExitReason.OOM
+    if exit_code in (137, 143) and stopped:
+        return ExitReason.STOPPED
+    return ExitReason.EXITED
+
+
 class Mount(DomainModel):
     target: str
     source: str | None = None
@@ -56,6 +76,16 @@ class ContainerSpec(DomainModel):
     cap_drop_all: bool = True
     no_new_privileges: bool = True
     runtime: str | None = None
+    """OCI runtime by name (runc, sysbox-runc, runsc); ``None``: the engine's default, or
+    sysbox-runc for ``docker_in_docker`` when the engine offers it."""
+    init: bool = True
+    """Run a minimal init as PID 1 (Docker: tini). It forwards SIGTERM (a bare ``sleep`` as
+    PID 1 ignores it, so every stop waited the whole timeout) and reaps orphans."""
+    docker_in_docker: bool = False
+    """The container runs its own Docker daemon (the DOCKER module)."""
+    allow_insecure_dind: bool = False
+    """Without sysbox, Docker-in-Docker needs near-root on the host (all capabilities,
+    unconfined seccomp/AppArmor): only with this explicit opt-in."""
 
 
 class ContainerInfo(DomainModel):
@@ -66,6 +96,8 @@ class ContainerInfo(DomainModel):
     labels: dict[str, str] = Field(default_factory=dict)
     exit_code: int | None = None
     oom_killed: bool = False
+    reason: ExitReason | None = None
+    """Set once the container has ended (see :func:`exit_reason`)."""
     ip: str | None = None
     started_at: AwareDatetime | None = None
     finished_at: AwareDatetime | None = None

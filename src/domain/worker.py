@@ -68,6 +68,8 @@ class WorkerSpec(DomainModel):
     env: dict[str, str] = Field(default_factory=dict)
     secrets: tuple[SecretRef, ...] = ()
     runtime: str | None = None
+    #: Docker-in-Docker (the DOCKER module) without sysbox: near-root on the host. Opt-in.
+    allow_insecure_dind: bool = False
     labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("modules", mode="after")

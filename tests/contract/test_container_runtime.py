@@ -1,7 +1,8 @@
 """The ContainerRuntime contract (codeyard.ports.container_runtime), one suite per adapter.
 
-The ``runtime`` fixture is parametrized: ``memory`` (a bookkeeping fake that runs nothing)
-and ``docker`` (the real engine, with the local busybox test image). Each test gets a
+The ``runtime`` fixture is parametrized: ``memory`` (a bookkeeping fake that runs nothing),
+``process`` (real local processes, no isolation: the commands run on this machine) and
+``docker`` (the real engine, with the local busybox test image). Each test gets a
 runtime whose owner label is unique to it; teardown removes every container carrying it.
 Commands stay within what the fake interprets (see ``codeyard.adapters.memory._shell``).
 """
@@ -20,6 +21,7 @@ import pytest
 
 from codeyard.adapters.docker.container_runtime import DockerContainerRuntime
 from codeyard.adapters.memory.container_runtime import InMemoryContainerRuntime
+from codeyard.adapters.process.runtime import LocalProcessRuntime
 from codeyard.domain.container import LABEL_CREATED, LABEL_OWNER, ContainerSpec, ContainerState
 from codeyard.domain.errors import (
     AlreadyExists,
@@ -43,12 +45,14 @@ def owner() -> str:
     return f"test-{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(params=["memory", pytest.param("docker", marks=pytest.mark.docker)])
+@pytest.fixture(params=["memory", "process", pytest.param("docker", marks=pytest.mark.docker)])
 async def runtime(request: pytest.FixtureRequest, owner: str) -> AsyncIterator[ContainerRuntime]:
     rt: ContainerRuntime
     client: docker.DockerClient | None = None
     if request.param == "memory":
         rt = InMemoryContainerRuntime(owner=owner, images={services.TEST_IMAGE_TAG})
+    elif request.param == "process":
+        rt = LocalProcessRuntime(owner=owner, images={services.TEST_IMAGE_TAG})
     else:
         client = request.getfixturevalue("docker_client")
         request.getfixturevalue("test_image")
@@ -240,6 +244,23 @@ async def test_stop_ends_a_long_running_container_within_the_timeout(
     # Both are no-ops now.
     await runtime.stop(cid, timeout_s=1)
     assert await runtime.wait(cid, timeout_s=5) == stopped.exit_code
+
+
+async def test_stop_does_not_wait_out_the_timeout_when_sigterm_works(
+    runtime: ContainerRuntime,
+) -> None:
+    # Under Docker this needs the init (tini): a bare `sleep` as PID 1 ignores SIGTERM.
+    cid = await running(runtime)
+    began = time.monotonic()
+    await runtime.stop(cid, timeout_s=10)
+    assert time.monotonic() - began < 5
+    assert (await runtime.inspect(cid)).exit_code == 143
+
+
+async def test_a_missing_main_program_exits_127(runtime: ContainerRuntime) -> None:
+    cid = await running(runtime, "no-such-program")
+    assert await runtime.wait(cid, timeout_s=30) == 127
+    assert (await runtime.inspect(cid)).state is ContainerState.EXITED
 
 
 async def test_start_is_a_no_op_on_a_running_container(runtime: ContainerRuntime) -> None:

@@ -61,6 +61,7 @@ def test_create_kwargs_secure_defaults() -> None:
         "security_opt": ["no-new-privileges"],
         "read_only": False,
         "network_mode": "bridge",
+        "init": True,
     }
 
 

@@ -11,7 +11,7 @@ import docker.errors
 import docker.types
 import requests.exceptions
 
-from codeyard.domain.container import ContainerInfo, ContainerSpec, ContainerState
+from codeyard.domain.container import ContainerInfo, ContainerSpec, ContainerState, exit_reason
 from codeyard.domain.errors import (
     AlreadyExists,
     CodeyardError,
@@ -80,7 +80,8 @@ def create_kwargs(spec: ContainerSpec, labels: Mapping[str, str]) -> dict[str, A
         "tmpfs": tmpfs or None,
         "mounts": mounts or None,
         "network_mode": "none" if spec.network is NetworkPolicy.NONE else "bridge",
-        "runtime": spec.runtime,
+        "runtime": spec.runtime,  # checked and completed by runtimes.apply_runtime
+        "init": spec.init,
     }
     return {k: v for k, v in kwargs.items() if v is not None}
 
@@ -124,8 +125,9 @@ def _first_ip(network_settings: Mapping[str, Any] | None) -> str | None:
     return settings.get("IPAddress") or None
 
 
-def info_from_inspect(attrs: Mapping[str, Any]) -> ContainerInfo:
-    """``ContainerInfo`` from ``GET /containers/{id}/json``."""
+def info_from_inspect(attrs: Mapping[str, Any], *, stopped: bool = False) -> ContainerInfo:
+    """``ContainerInfo`` from ``GET /containers/{id}/json``; ``stopped``: we asked it to stop
+    (Docker records no such thing, see :func:`codeyard.domain.container.exit_reason`)."""
     state_attrs = attrs.get("State") or {}
     config = attrs.get("Config") or {}
     state = ContainerState(state_attrs.get("Status", "dead"))
@@ -135,14 +137,19 @@ def info_from_inspect(attrs: Mapping[str, Any]) -> ContainerInfo:
         # Docker stamps StartedAt after the start call returns, the exit from containerd's
         # event: a process that ends at once can show FinishedAt ~1 ms before StartedAt.
         finished_at = started_at
+    exit_code = state_attrs.get("ExitCode") if state in _ENDED else None
+    oom_killed = bool(state_attrs.get("OOMKilled", False))
     return ContainerInfo(
         id=attrs["Id"],
         name=str(attrs.get("Name", "")).lstrip("/"),
         image=config.get("Image") or attrs.get("Image", ""),
         state=state,
         labels=dict(config.get("Labels") or {}),
-        exit_code=state_attrs.get("ExitCode") if state in _ENDED else None,
-        oom_killed=bool(state_attrs.get("OOMKilled", False)),
+        exit_code=exit_code,
+        oom_killed=oom_killed,
+        reason=None
+        if exit_code is None
+        else exit_reason(exit_code, oom_killed=oom_killed, stopped=stopped),
         ip=_first_ip(attrs.get("NetworkSettings")),
         started_at=started_at,
         finished_at=finished_at,

@@ -22,9 +22,10 @@ from codeyard.adapters.docker._mapping import (
     info_from_summary,
     translate_error,
 )
+from codeyard.adapters.docker.runtimes import SYSBOX, EngineRuntimes, apply_runtime
 from codeyard.adapters.memory.clock import SystemClock
 from codeyard.domain.container import ContainerInfo, ContainerSpec, ContainerState, ExecResult
-from codeyard.domain.errors import ContainerNotFound, InvalidRequest, RuntimeNotAvailable
+from codeyard.domain.errors import ContainerNotFound, InvalidRequest
 from codeyard.ports.clock import Clock
 
 T = TypeVar("T")
@@ -53,7 +54,12 @@ class DockerContainerRuntime:
     the owner label to see only this runtime's containers. See
     :func:`codeyard.adapters.docker._mapping.create_kwargs` for how a spec maps to Docker
     (notably: EGRESS and ALLOWLIST both use the default bridge for now, which also reaches
-    host services; the firewall lands with a later issue).
+    host services; the firewall lands with a later issue), and
+    :mod:`codeyard.adapters.docker.runtimes` for the runtime choice and Docker-in-Docker.
+
+    ``ContainerInfo.reason`` tells ``stopped`` from ``exited`` by remembering, in this
+    object, which containers ``stop`` was called on: Docker does not record who sent a
+    signal. Another process inspecting the same container sees ``exited`` instead.
     """
 
     def __init__(
@@ -81,7 +87,8 @@ class DockerContainerRuntime:
         self._owner = owner
         self._clock = clock or SystemClock()
         self._limiter = anyio.CapacityLimiter(max_concurrency)
-        self._runtimes: frozenset[str] | None = None
+        self._runtimes: EngineRuntimes | None = None
+        self._stopped: set[str] = set()  # ids/names `stop` was called on, for `reason`
 
     async def _call(
         self,
@@ -102,26 +109,26 @@ class DockerContainerRuntime:
 
     async def create(self, spec: ContainerSpec) -> ContainerInfo:
         labels = container_labels(spec, owner=self._owner, now=self._clock.now())
-        if spec.runtime is not None:
-            await self._check_runtime(spec.runtime)
-        kwargs = create_kwargs(spec, labels)
+        engine = await self._engine_runtimes(spec)
+        kwargs = apply_runtime(create_kwargs(spec, labels), spec, engine)
         container = await self._call(
             lambda: self._client.containers.create(**kwargs), image=spec.image
         )
         return info_from_inspect(container.attrs)
 
-    async def _check_runtime(self, runtime: str) -> None:
-        if self._runtimes is None or runtime not in self._runtimes:
+    async def _engine_runtimes(self, spec: ContainerSpec) -> EngineRuntimes:
+        """The engine's runtimes when ``spec`` needs them; asked again whenever the cached
+        answer lacks the one wanted (a runtime may be registered since)."""
+        wanted = spec.runtime or (SYSBOX if spec.docker_in_docker else None)
+        if wanted is None:
+            return self._runtimes or EngineRuntimes({})
+        if self._runtimes is None or wanted not in self._runtimes:
             info = await self._call(self._client.info)
-            self._runtimes = frozenset(info.get("Runtimes") or {})
-        if runtime not in self._runtimes:
-            raise RuntimeNotAvailable(
-                "container runtime not offered by the engine",
-                runtime=runtime,
-                available=sorted(self._runtimes),
-            )
+            self._runtimes = EngineRuntimes.from_info(info)
+        return self._runtimes
 
     async def start(self, container_id: str) -> None:
+        self._stopped.discard(container_id)
         await self._call(lambda: self._api.start(container_id), container_id=container_id)
 
     async def wait(self, container_id: str, *, timeout_s: float | None = None) -> int:
@@ -142,11 +149,14 @@ class DockerContainerRuntime:
 
     async def stop(self, container_id: str, *, timeout_s: float = 10.0) -> None:
         seconds = max(0, math.ceil(timeout_s))  # the API counts whole seconds
+        self._stopped.add(container_id)
         await self._call(
             lambda: self._api.stop(container_id, timeout=seconds), container_id=container_id
         )
 
     async def remove(self, container_id: str, *, force: bool = True) -> None:
+        self._stopped.discard(container_id)
+
         def run() -> None:
             try:
                 self._api.remove_container(container_id, v=True, force=force)
@@ -210,7 +220,9 @@ class DockerContainerRuntime:
         attrs = await self._call(
             lambda: self._api.inspect_container(container_id), container_id=container_id
         )
-        return info_from_inspect(attrs)
+        name = str(attrs.get("Name", "")).lstrip("/")
+        stopped = bool({attrs["Id"], name, container_id} & self._stopped)
+        return info_from_inspect(attrs, stopped=stopped)
 
     async def list(self, labels: Mapping[str, str] | None = None) -> list[ContainerInfo]:
         filters: dict[str, str | list[str] | bool] = {}
