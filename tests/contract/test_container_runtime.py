@@ -22,7 +22,13 @@ import pytest
 from codeyard.adapters.docker.container_runtime import DockerContainerRuntime
 from codeyard.adapters.memory.container_runtime import InMemoryContainerRuntime
 from codeyard.adapters.process.runtime import LocalProcessRuntime
-from codeyard.domain.container import LABEL_CREATED, LABEL_OWNER, ContainerSpec, ContainerState
+from codeyard.domain.container import (
+    LABEL_CREATED,
+    LABEL_OWNER,
+    ContainerSpec,
+    ContainerState,
+    ExitReason,
+)
 from codeyard.domain.errors import (
     AlreadyExists,
     Conflict,
@@ -199,6 +205,7 @@ async def test_wait_returns_the_main_process_exit_code(runtime: ContainerRuntime
     assert info.state is ContainerState.EXITED
     assert info.exit_code == 3
     assert info.oom_killed is False
+    assert info.reason is ExitReason.EXITED
     assert info.ip is None
     assert info.started_at is not None
     assert info.finished_at is not None
@@ -214,6 +221,7 @@ async def test_wait_timeout_raises_and_leaves_the_container_running(
         await runtime.wait(cid, timeout_s=0.5)
     assert time.monotonic() - began < 10
     assert (await runtime.inspect(cid)).state is ContainerState.RUNNING
+    assert (await runtime.inspect(cid)).reason is None
 
 
 async def test_wait_sees_a_sleep_end(runtime: ContainerRuntime) -> None:
@@ -241,6 +249,7 @@ async def test_stop_ends_a_long_running_container_within_the_timeout(
     stopped = await runtime.inspect(cid)
     assert stopped.state is ContainerState.EXITED
     assert stopped.exit_code in (137, 143)  # SIGKILL (a PID 1 ignoring SIGTERM) or SIGTERM
+    assert stopped.reason is ExitReason.STOPPED
     # Both are no-ops now.
     await runtime.stop(cid, timeout_s=1)
     assert await runtime.wait(cid, timeout_s=5) == stopped.exit_code

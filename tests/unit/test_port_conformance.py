@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from codeyard.adapters.docker import DockerContainerRuntime
+from codeyard.adapters.docker import (
+    DockerContainerRuntime,
+    DockerExecLauncher,
+    DockerImageBuilder,
+    DockerImageCache,
+)
+from codeyard.adapters.docker.image_cache import LocalImageUsage
 from codeyard.adapters.memory import (
     InMemoryContainerRuntime,
     InMemoryEventBus,
@@ -23,6 +29,8 @@ from codeyard.adapters.memory import (
     SystemClock,
 )
 from codeyard.adapters.postgres import PostgresWorkerRegistry, PostgresWorkQueue
+from codeyard.adapters.process.local import LocalProcessLauncher
+from codeyard.adapters.process.runtime import LocalProcessRuntime
 from codeyard.adapters.redis import RedisEventBus
 from codeyard.ports import (
     Clock,
@@ -30,6 +38,7 @@ from codeyard.ports import (
     ContainerRuntime,
     EventBus,
     ImageCache,
+    ProcessLauncher,
     WorkerRegistry,
     WorkQueue,
 )
@@ -48,12 +57,20 @@ if TYPE_CHECKING:
         runtimes: list[ContainerRuntime] = [
             InMemoryContainerRuntime(owner="o"),
             DockerContainerRuntime(engine, owner="o"),
+            LocalProcessRuntime(owner="o"),
         ]
         buses: list[EventBus] = [InMemoryEventBus(), RedisEventBus(client)]
-        caches: list[ImageCache] = [InMemoryImageCache()]
+        caches: list[ImageCache] = [
+            InMemoryImageCache(),
+            DockerImageCache(engine, DockerImageBuilder(engine), LocalImageUsage()),
+        ]
+        launchers: list[ProcessLauncher] = [
+            LocalProcessLauncher(),
+            DockerExecLauncher(engine, "container-id"),
+        ]
         queues: list[WorkQueue] = [InMemoryWorkQueue(), PostgresWorkQueue(pool)]
         registries: list[WorkerRegistry] = [InMemoryWorkerRegistry(), PostgresWorkerRegistry(pool)]
-        del clocks, agents, runtimes, buses, caches, queues, registries
+        del clocks, agents, runtimes, buses, caches, launchers, queues, registries
 
 
 @pytest.mark.parametrize(
@@ -64,6 +81,10 @@ if TYPE_CHECKING:
         (ScriptedCodeAgent, CodeAgent),
         (InMemoryContainerRuntime, ContainerRuntime),
         (DockerContainerRuntime, ContainerRuntime),
+        (LocalProcessRuntime, ContainerRuntime),
+        (LocalProcessLauncher, ProcessLauncher),
+        (DockerExecLauncher, ProcessLauncher),
+        (DockerImageCache, ImageCache),
         (InMemoryEventBus, EventBus),
         (RedisEventBus, EventBus),
         (InMemoryImageCache, ImageCache),

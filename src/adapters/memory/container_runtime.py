@@ -14,7 +14,13 @@ import anyio.lowlevel
 from codeyard.adapters.container_labels import container_labels
 from codeyard.adapters.memory import _shell
 from codeyard.adapters.memory.clock import SystemClock
-from codeyard.domain.container import ContainerInfo, ContainerSpec, ContainerState, ExecResult
+from codeyard.domain.container import (
+    ContainerInfo,
+    ContainerSpec,
+    ContainerState,
+    ExecResult,
+    exit_reason,
+)
 from codeyard.domain.errors import (
     AlreadyExists,
     Conflict,
@@ -48,6 +54,8 @@ class _Container:
     pending_exit: int = 0
     pending_duration_s: float = 0.0
     exited: anyio.Event = field(default_factory=anyio.Event)
+    #: A stop was asked for (the fake has no OOM: its reasons are stopped or exited).
+    stopped: bool = False
 
 
 class InMemoryContainerRuntime:
@@ -137,6 +145,7 @@ class InMemoryContainerRuntime:
         box = self._get(container_id)
         self._refresh(box)
         if box.state is ContainerState.RUNNING:
+            box.stopped = True
             self._finish(box, EXIT_SIGTERM, self._clock.now())
 
     async def remove(self, container_id: str, *, force: bool = True) -> None:
@@ -242,4 +251,9 @@ class InMemoryContainerRuntime:
             ip=box.ip if box.state is ContainerState.RUNNING else None,
             started_at=box.started_at,
             finished_at=box.finished_at,
+            reason=(
+                None
+                if box.exit_code is None
+                else exit_reason(box.exit_code, oom_killed=False, stopped=box.stopped)
+            ),
         )
