@@ -53,6 +53,8 @@ BUILTINS: dict[str, str] = {
     AgentProvider.OPENCODE: "codeyard.adapters.opencode:opencode_agent",
     AgentProvider.CODEX: "codeyard.adapters.codex:CodexSpec",
     AgentProvider.GEMINI: "codeyard.adapters.gemini:GeminiSpec",
+    # The same CLI as "opencode", one `opencode run --format json` process per turn.
+    "opencode-run": "codeyard.adapters.opencode.run_spec:OpencodeRunSpec",
 }
 
 
@@ -101,7 +103,7 @@ class ProviderRegistry:
 
     @classmethod
     def with_builtins(cls) -> ProviderRegistry:
-        """A registry with the five built-in providers (lazily), ``claude`` first."""
+        """A registry with the built-in providers (lazily), ``claude`` first."""
         registry = cls()
         for name, path in BUILTINS.items():
             registry.register(name, path)

@@ -69,7 +69,10 @@ def test_builtins_are_registered_lazily_without_importing_them() -> None:
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
-    assert done.stdout.splitlines() == ["claude,droid,opencode,codex,gemini claude", "[]"]
+    assert done.stdout.splitlines() == [
+        "claude,droid,opencode,codex,gemini,opencode-run claude",
+        "[]",
+    ]
 
 
 @pytest.mark.parametrize("name", list(BUILTINS))
@@ -77,7 +80,7 @@ def test_every_builtin_builds_its_agent(name: str, context: ProviderContext) -> 
     agent = ProviderRegistry.with_builtins().create(name, context)
     assert isinstance(agent, CodeAgent)
     assert agent.provider == name
-    if name != "opencode":  # OpenCode drives `opencode serve`, its own CodeAgent
+    if name != "opencode":  # `opencode serve` is driven by a CodeAgent of its own
         assert isinstance(agent, CliCodeAgent)
         assert agent.home == context.home
 

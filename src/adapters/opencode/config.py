@@ -165,11 +165,16 @@ def config_document(config: OpencodeConfig, request: AgentRequest) -> dict[str, 
     return doc
 
 
-def server_setup(
-    config: OpencodeConfig, request: AgentRequest, *, home: PurePosixPath, port: int
-) -> ServerSetup:
-    """argv, env and files of a server for ``request``; a fresh password every call."""
-    document = json.dumps(config_document(config, request), indent=2, sort_keys=True)
+def config_file(config: OpencodeConfig, request: AgentRequest) -> str:
+    """The generated ``opencode.json`` of ``request`` (see :data:`CONFIG_FILE`)."""
+    return json.dumps(config_document(config, request), indent=2, sort_keys=True)
+
+
+def base_env(
+    config: OpencodeConfig, request: AgentRequest, *, home: PurePosixPath
+) -> tuple[dict[str, str], str | None]:
+    """The environment every ``opencode`` process of ``request`` gets (``serve`` adds its
+    credentials and log file to it), and the real API key if there is one."""
     real_key = request.env.get("OPENAI_API_KEY") or config.api_key
     # The openai-compatible SDK wants some key; a local model server ignores it.
     api_key = real_key or "codeyard-local"
@@ -185,6 +190,22 @@ def server_setup(
         **config.extra_env,
         **request.env,
     }
+    return env, real_key
+
+
+def env_secrets(env: Mapping[str, str], *known: str | None) -> tuple[str, ...]:
+    """The values to redact: ``known`` ones, then every ``env`` value whose name looks like
+    a credential (but the placeholder key of a local model server)."""
+    found = [v for k, v in env.items() if k != API_KEY_ENV and _SECRET_NAME.search(k)]
+    return tuple(dict.fromkeys(v for v in (*known, *found) if v))
+
+
+def server_setup(
+    config: OpencodeConfig, request: AgentRequest, *, home: PurePosixPath, port: int
+) -> ServerSetup:
+    """argv, env and files of a server for ``request``; a fresh password every call."""
+    document = config_file(config, request)
+    env, real_key = base_env(config, request, home=home)
     fingerprint = hashlib.sha256(
         json.dumps([document, sorted(env.items()), config.binary]).encode()
     ).hexdigest()
@@ -206,13 +227,11 @@ def server_setup(
         "--port",
         str(port),
     )
-    found = [v for k, v in env.items() if k != API_KEY_ENV and _SECRET_NAME.search(k)]
-    secret_values = tuple(dict.fromkeys(v for v in (password, real_key, *found) if v))
     return ServerSetup(
         argv=argv,
         env=env,
         files={CONFIG_FILE: document + "\n"},
-        secrets=secret_values,
+        secrets=env_secrets(env, password, real_key),
         fingerprint=fingerprint,
         model=model_ref(config, request)[1],
     )
