@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from enum import StrEnum
+from typing import Annotated, Self
 
-from pydantic import AwareDatetime, Field, NonNegativeInt
+from pydantic import AwareDatetime, Field, NonNegativeInt, field_validator, model_validator
 
 from codeyard.domain.base import DomainModel, Name
+from codeyard.domain.errors import InvalidRequest
 from codeyard.domain.worker import Module, NetworkPolicy, Resources
 
 #: Label keys every object codeyard creates carries, so a control plane can reconcile.
@@ -71,6 +73,9 @@ class ContainerSpec(DomainModel):
     user: str | None = "1000:1000"
     resources: Resources = Field(default_factory=Resources)
     network: NetworkPolicy = NetworkPolicy.EGRESS
+    allowed_host_ports: tuple[Annotated[int, Field(ge=1, le=65535)], ...] = ()
+    """Host TCP ports the container may reach (``network=ALLOWLIST`` only); every other
+    host service is firewalled off for EGRESS and ALLOWLIST."""
     mounts: tuple[Mount, ...] = ()
     read_only_root: bool = False
     cap_drop_all: bool = True
@@ -86,6 +91,20 @@ class ContainerSpec(DomainModel):
     allow_insecure_dind: bool = False
     """Without sysbox, Docker-in-Docker needs near-root on the host (all capabilities,
     unconfined seccomp/AppArmor): only with this explicit opt-in."""
+
+    @field_validator("allowed_host_ports", mode="after")
+    @classmethod
+    def _canonical_ports(cls, ports: tuple[int, ...]) -> tuple[int, ...]:
+        # A set in meaning; one order keeps the network chosen for it stable.
+        return tuple(sorted(set(ports)))
+
+    @model_validator(mode="after")
+    def _check_ports(self) -> Self:
+        if self.allowed_host_ports and self.network is not NetworkPolicy.ALLOWLIST:
+            raise InvalidRequest(
+                "allowed_host_ports requires network=allowlist", network=self.network.value
+            )
+        return self
 
 
 class ContainerInfo(DomainModel):

@@ -19,6 +19,7 @@ import pytest
 
 from codeyard.adapters.docker.client import open_docker_client
 from codeyard.adapters.docker.container_runtime import DockerContainerRuntime
+from codeyard.adapters.docker.networks import EGRESS_NETWORK
 from codeyard.domain.container import (
     LABEL_CREATED,
     LABEL_OWNER,
@@ -95,14 +96,16 @@ async def test_created_at_label_is_a_recent_utc_time(
     assert abs(datetime.now(UTC) - created) < timedelta(minutes=1)
 
 
-async def test_egress_uses_the_default_bridge(
+async def test_egress_uses_the_firewalled_codeyard_network(
     runtime: DockerContainerRuntime, docker_client: docker.DockerClient, test_image: str
 ) -> None:
     info = await runtime.create(spec(test_image, network=NetworkPolicy.EGRESS))
     await runtime.start(info.id)
     attrs = docker_client.api.inspect_container(info.id)
-    assert attrs["HostConfig"]["NetworkMode"] == "bridge"
-    assert (await runtime.inspect(info.id)).ip == attrs["NetworkSettings"]["IPAddress"]
+    # Not the default bridge: on it host services are reachable (see test_network_policy.py).
+    assert attrs["HostConfig"]["NetworkMode"] == EGRESS_NETWORK
+    ip = attrs["NetworkSettings"]["Networks"][EGRESS_NETWORK]["IPAddress"]
+    assert (await runtime.inspect(info.id)).ip == ip
 
 
 async def test_oom_kill_is_reported(runtime: DockerContainerRuntime, test_image: str) -> None:

@@ -29,13 +29,14 @@ _MIB = 1024 * 1024
 # --- ContainerSpec -> docker-py `containers.create` keyword arguments ---------------------
 
 
-def create_kwargs(spec: ContainerSpec, labels: Mapping[str, str]) -> dict[str, Any]:
+def create_kwargs(
+    spec: ContainerSpec, labels: Mapping[str, str], *, network_mode: str | None = None
+) -> dict[str, Any]:
     """Keyword arguments for ``DockerClient.containers.create`` implementing ``spec``.
 
-    Network: ``NONE`` -> ``network_mode="none"``. ``EGRESS`` and ``ALLOWLIST`` both use the
-    default bridge for now: on it a container reaches the internet *and* every service the
-    host listens on. The firewall that makes EGRESS exclude host services and ALLOWLIST
-    admit only ``allowed_hosts`` lands with a later issue.
+    Network: ``network_mode`` when given (the runtime passes the codeyard network that
+    :mod:`codeyard.adapters.docker.networks` firewalls for ``spec``); otherwise ``none`` for
+    ``NONE`` and the default bridge, where host services are reachable, for the others.
 
     tmpfs mounts get ``exec`` (Docker defaults to ``noexec``) because agents run what they
     build there (``go test`` binaries in /tmp, ``npx`` in $HOME); ``nosuid,nodev`` stay.
@@ -79,7 +80,8 @@ def create_kwargs(spec: ContainerSpec, labels: Mapping[str, str]) -> dict[str, A
         "read_only": spec.read_only_root,
         "tmpfs": tmpfs or None,
         "mounts": mounts or None,
-        "network_mode": "none" if spec.network is NetworkPolicy.NONE else "bridge",
+        "network_mode": network_mode
+        or ("none" if spec.network is NetworkPolicy.NONE else "bridge"),
         "runtime": spec.runtime,  # checked and completed by runtimes.apply_runtime
         "init": spec.init,
     }

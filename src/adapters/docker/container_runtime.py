@@ -22,6 +22,7 @@ from codeyard.adapters.docker._mapping import (
     info_from_summary,
     translate_error,
 )
+from codeyard.adapters.docker.networks import DockerNetworks
 from codeyard.adapters.docker.runtimes import SYSBOX, EngineRuntimes, apply_runtime
 from codeyard.adapters.memory.clock import SystemClock
 from codeyard.domain.container import ContainerInfo, ContainerSpec, ContainerState, ExecResult
@@ -53,8 +54,9 @@ class DockerContainerRuntime:
     ``dev.codeyard.created-at`` (ISO 8601 UTC). ``list`` is not scoped to ``owner``: pass
     the owner label to see only this runtime's containers. See
     :func:`codeyard.adapters.docker._mapping.create_kwargs` for how a spec maps to Docker
-    (notably: EGRESS and ALLOWLIST both use the default bridge for now, which also reaches
-    host services; the firewall lands with a later issue), and
+    and :mod:`codeyard.adapters.docker.networks` for the networks and host firewall of
+    EGRESS and ALLOWLIST (the host needs iptables; creating such a container as non-root
+    fails with ``ServiceUnavailable``), and
     :mod:`codeyard.adapters.docker.runtimes` for the runtime choice and Docker-in-Docker.
 
     ``ContainerInfo.reason`` tells ``stopped`` from ``exited`` by remembering, in this
@@ -88,6 +90,7 @@ class DockerContainerRuntime:
         self._clock = clock or SystemClock()
         self._limiter = anyio.CapacityLimiter(max_concurrency)
         self._runtimes: EngineRuntimes | None = None
+        self._networks = DockerNetworks(client, owner=owner, limiter=self._limiter)
         self._stopped: set[str] = set()  # ids/names `stop` was called on, for `reason`
 
     async def _call(
@@ -110,7 +113,8 @@ class DockerContainerRuntime:
     async def create(self, spec: ContainerSpec) -> ContainerInfo:
         labels = container_labels(spec, owner=self._owner, now=self._clock.now())
         engine = await self._engine_runtimes(spec)
-        kwargs = apply_runtime(create_kwargs(spec, labels), spec, engine)
+        mode = await self._networks.network_mode(spec)
+        kwargs = apply_runtime(create_kwargs(spec, labels, network_mode=mode), spec, engine)
         container = await self._call(
             lambda: self._client.containers.create(**kwargs), image=spec.image
         )
