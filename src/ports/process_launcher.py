@@ -64,7 +64,8 @@ class ProcessLauncher(Protocol):
 
     Contract: ``start`` raises ``InvalidInput`` for an empty argv, ``NotFound`` when the
     executable does not exist, ``ServiceUnavailable`` when the place to run it (a container,
-    the engine) is gone. ``env`` is the COMPLETE environment: nothing is inherited.
+    the engine) is gone. ``env`` is the COMPLETE environment: nothing is inherited, except
+    that a launcher may add one tracking variable, ``CODEYARD_PROCESS_MARKER``.
     """
 
     async def start(

@@ -8,12 +8,13 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 import anyio
 import anyio.abc
 
-from codeyard.adapters.process.reaper import become_subreaper, kill_run
+from codeyard.adapters.process.reaper import MARKER_VAR, become_subreaper, kill_run
 from codeyard.domain.errors import ExecutableNotFound, InvalidRequest, NotFound
 
 #: How long ``aclose`` waits for a killed group to be reaped before giving up.
@@ -62,8 +63,9 @@ class _Chunks:
 class LocalProcessHandle:
     """A local process leading its own process group (pgid == pid)."""
 
-    def __init__(self, process: anyio.abc.Process) -> None:
+    def __init__(self, process: anyio.abc.Process, *, marker: str | None = None) -> None:
         self._process = process
+        self._marker = marker
         self._pgid = process.pid
         self._stdout = _Chunks(process.stdout)
         self._stderr = _Chunks(process.stderr)
@@ -118,7 +120,7 @@ class LocalProcessHandle:
             # The group AND the descendants of its members: tools run in sessions of
             # their own (Claude's Bash tool) escape killpg. No killpg before it: the tree
             # must be read while the parents live (their orphans lose the link).
-            await kill_run(self._pgid, leader=self._process.pid)
+            await kill_run(self._pgid, leader=self._process.pid, marker=self._marker)
             await self.wait()
             # Closes the pipes and lets asyncio's transport finish with the child.
             await self._process.aclose()
@@ -130,7 +132,11 @@ class LocalProcessLauncher:
     Each process starts with ``start_new_session=True``: it leads a new session and process
     group, so ``signal_group`` (``os.killpg``) reaches every tool process it spawns, and a
     terminal's Ctrl-C does not. stdin is ``/dev/null``; ``env`` is passed as given (the
-    executable is looked up on ``env["PATH"]`` when argv[0] has no slash).
+    executable is looked up on ``env["PATH"]`` when argv[0] has no slash) plus one tracking
+    variable, ``CODEYARD_PROCESS_MARKER``, unique per process: every descendant inherits
+    it unless it scrubs its environment, so ``aclose`` finds tools that escaped both the
+    group and the parent links (a tool forked in a new session while its parent was being
+    killed, e.g. Codex's shell snapshot).
 
     ``aclose`` goes further than the group: it SIGKILLs the group and every descendant of
     its members found in ``/proc`` (:func:`~codeyard.adapters.process.reaper.kill_run`),
@@ -159,6 +165,7 @@ class LocalProcessLauncher:
     ) -> LocalProcessHandle:
         if not argv:
             raise InvalidRequest("argv must not be empty", errors=[{"loc": "argv", "msg": "empty"}])
+        marker = uuid.uuid4().hex
         try:
             process = await anyio.open_process(
                 list(argv),
@@ -166,7 +173,7 @@ class LocalProcessLauncher:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=cwd,
-                env=dict(env),
+                env={**env, MARKER_VAR: marker},
                 start_new_session=True,
             )
         except FileNotFoundError as exc:
@@ -183,4 +190,4 @@ class LocalProcessLauncher:
             ) from exc
         except NotADirectoryError as exc:
             raise NotFound("working directory is not a directory", cwd=cwd) from exc
-        return LocalProcessHandle(process)
+        return LocalProcessHandle(process, marker=marker)

@@ -26,6 +26,8 @@ from codeyard.adapters.process.tree import Proc, run_members, table
 
 _PR_SET_CHILD_SUBREAPER = 36
 _PROC = Path("/proc")
+#: Environment variable a launcher sets, unique per started process, inherited by its tree.
+MARKER_VAR = "CODEYARD_PROCESS_MARKER"
 
 
 def become_subreaper() -> bool:
@@ -56,7 +58,28 @@ def local_table() -> dict[int, Proc]:
     return table(lines)
 
 
-async def kill_run(pgid: int, *, leader: int, settle_s: float = 2.0) -> None:
+def marked_pids(marker: str) -> set[int]:
+    """Pids whose environment carries ``MARKER_VAR=marker`` (unreadable ones are skipped)."""
+    needle = f"{MARKER_VAR}={marker}".encode()
+    found: set[int] = set()
+    try:
+        entries = list(_PROC.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes()
+            except OSError:
+                continue  # exited meanwhile, or not ours to read
+            if needle in environ.split(b"\0"):
+                found.add(int(entry.name))
+    return found
+
+
+async def kill_run(
+    pgid: int, *, leader: int, settle_s: float = 2.0, marker: str | None = None
+) -> None:
     """SIGKILL process group ``pgid`` and every descendant of its members (tools started
     in sessions of their own included), until nothing of it is alive or ``settle_s``
     passed; reap the zombies among them that are this process's children (adopted
@@ -82,6 +105,11 @@ async def kill_run(pgid: int, *, leader: int, settle_s: float = 2.0) -> None:
             if leader in procs and procs[leader].ppid == me:
                 roots.append(leader)
             members = run_members(procs, pgid, roots, exclude={me})
+            if marker is not None:
+                # The tree by environment: catches what escaped the group and lost its
+                # parent link in the same instant.
+                marked = await anyio.to_thread.run_sync(marked_pids, marker)
+                members |= {pid for pid in marked if pid in procs and pid != me}
             members |= {pid for pid, p in procs.items() if p.pgid in groups and pid != me}
             groups |= {procs[pid].pgid for pid in members}
             groups.discard(own_group)  # never our own group: that would kill the caller
