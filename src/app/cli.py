@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+from pathlib import Path
 from typing import Annotated, Any
 
 import anyio
@@ -24,6 +25,7 @@ from codeyard.app.settings import (
     settings_table_markdown,
     unknown_env_vars,
 )
+from codeyard.domain.errors import InvalidInput
 
 app = typer.Typer(
     name="codeyard",
@@ -176,6 +178,65 @@ def demo(
         f"in {report.wall_s:.2f} s wall time; events published to the event bus and read back.",
         highlight=False,
     )
+
+
+@app.command()
+def worker(
+    *,
+    worker_id: Annotated[str, typer.Option("--worker-id", help="This worker's id.")],
+    provider: Annotated[str, typer.Option(help="Agent provider (claude, codex, ...).")] = "claude",
+    workdir: Annotated[
+        Path, typer.Option(help="Where the agent works (default: current directory).")
+    ] = Path(),
+    home: Annotated[
+        Path | None,
+        typer.Option(help="The agent CLI's private HOME (default: ~/.codeyard/workers/ID)."),
+    ] = None,
+    instructions_file: Annotated[
+        Path | None,
+        typer.Option(help="Instructions copied to CLAUDE.md / GEMINI.md / AGENTS.md."),
+    ] = None,
+    heartbeat_s: Annotated[float, typer.Option(min=0.01, help="Heartbeat interval.")] = 10.0,
+    agent_binary: Annotated[
+        str | None, typer.Option(help="The agent CLI executable (default: on PATH).")
+    ] = None,
+    base_url: Annotated[str | None, typer.Option(help="The model API's base URL.")] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help="NAME of the environment variable holding the model API key."),
+    ] = None,
+) -> None:
+    """Serve a worker's input stream with an agent CLI (runs inside the worker container).
+
+    Prompts are read from worker:<ID>:input, events written to worker:<ID>:output (Redis, from
+    the CODEYARD_* settings); ends on a {"type": "stop"} message, SIGTERM or SIGINT.
+    """
+    from codeyard.app.worker_agent import AgentOptions  # noqa: PLC0415 - see module doc
+    from codeyard.app.worker_main import WorkerConfig, run_worker  # noqa: PLC0415
+
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise typer.BadParameter(f"{api_key_env} is not set", param_hint="--api-key-env")
+    instructions = None
+    if instructions_file is not None:
+        instructions = instructions_file.read_text(encoding="utf-8")
+    config = WorkerConfig(
+        worker_id=worker_id,
+        provider=provider,
+        workdir=workdir.resolve(),
+        home=(home or Path.home() / ".codeyard" / "workers" / worker_id).resolve(),
+        instructions=instructions,
+        heartbeat_s=heartbeat_s,
+        agent=AgentOptions(binary=agent_binary, base_url=base_url, api_key=api_key),
+    )
+    settings = _settings()
+    try:
+        anyio.run(run_worker, settings, config)
+    except InvalidInput as exc:
+        _err().print(f"[bold red]cannot start the worker:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
 
 
 def main() -> None:

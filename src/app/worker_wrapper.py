@@ -1,0 +1,309 @@
+"""WorkerWrapper: the process inside a worker that turns input-stream prompts into agent runs.
+
+Data plane of issue #5: a client pushes prompts on ``worker:{id}:input`` and reads events
+from ``worker:{id}:output``; the manager is not in the path. Decisions:
+
+* **Instructions** go to the file the CLI reads by itself (``CLAUDE.md``, ``GEMINI.md``,
+  ``AGENTS.md`` for the others), written once at start, not per turn.
+* **Output.** Each entry holds one :class:`AgentEvent` as JSON (field ``event``) and its
+  payload type (field ``type``). Agent events keep the agent's own per-run ``seq`` and
+  ``run_id`` (= the prompt's request id); the wrapper's own events (lifecycle, errors
+  about input) carry ``run_id=None`` and a ``seq`` of their own.
+* **Lifecycle**: ``ready`` after start, ``heartbeat`` every ``heartbeat_s`` (detail:
+  ``turns`` handled, ``busy``), ``stopped`` at the end (detail ``reason``: ``stop_requested``,
+  ``cancelled``, or ``failed`` when an error escapes, e.g. the bus is gone: best effort).
+  Heartbeats are events on the output stream only (no Redis key): the EventBus port has
+  no key operations, and the manager can read the stream's last entry.
+* **Delivery.** Input is read through the consumer group ``worker`` so a restarted wrapper
+  does not replay handled prompts. An entry is ACKed once its terminal event is published
+  (the turn's result, or the error event of a malformed entry); entries left pending by a
+  crashed predecessor are claimed and run again first (at-least-once per prompt).
+* **Multi-turn**: every turn resumes the session id of the last result that reported one.
+* **Cancellation** (SIGTERM, the manager stopping the worker) mid-turn publishes a
+  ``cancelled`` result for that turn and ACKs it, then ``stopped``, inside a shielded
+  scope with a deadline; the cancellation is re-raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from pathlib import Path
+
+import anyio
+import structlog
+
+from codeyard.domain.agent import AgentProvider, AgentRequest, AgentResult, ResultStatus
+from codeyard.domain.errors import CodeyardError
+from codeyard.domain.events import (
+    AgentEvent,
+    ErrorPayload,
+    EventPayload,
+    EventSequencer,
+    LifecyclePayload,
+    ResultPayload,
+)
+from codeyard.domain.streams import (
+    StreamMessage,
+    parse_stream_id,
+    worker_input_stream,
+    worker_output_stream,
+)
+from codeyard.domain.worker_io import (
+    EVENT_FIELD,
+    TYPE_FIELD,
+    WorkerInput,
+    WorkerStop,
+    parse_worker_message,
+)
+from codeyard.ports.clock import Clock
+from codeyard.ports.code_agent import CodeAgent
+from codeyard.ports.event_bus import EventBus
+
+log = structlog.get_logger(__name__)
+
+INPUT_GROUP = "worker"
+#: Deadline for the shielded last publications (cancelled result, ``stopped``).
+CLEANUP_DEADLINE_S = 5.0
+
+_INSTRUCTION_FILES: dict[str, str] = {
+    AgentProvider.CLAUDE: "CLAUDE.md",
+    AgentProvider.GEMINI: "GEMINI.md",
+}
+
+
+def instructions_file(provider: str) -> str:
+    """The file ``provider``'s CLI reads its project instructions from."""
+    return _INSTRUCTION_FILES.get(provider, "AGENTS.md")
+
+
+def default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerWrapper:
+    """Serve one worker's input stream until a stop message or cancellation (module doc)."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        event_bus: EventBus,
+        agent: CodeAgent,
+        *,
+        workdir: Path,
+        instructions: str | None,
+        provider: str,
+        clock: Clock,
+        heartbeat_s: float = 10.0,
+        consumer: str | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
+        if heartbeat_s <= 0 or poll_s <= 0:
+            msg = "heartbeat_s and poll_s must be > 0"
+            raise ValueError(msg)
+        self.worker_id = worker_id
+        self._bus = event_bus
+        self._agent = agent
+        self._workdir = workdir
+        self._instructions = instructions
+        self._provider = provider
+        self._clock = clock
+        self._heartbeat_s = heartbeat_s
+        self._consumer = consumer or default_consumer()
+        self._poll_s = poll_s
+        self._input = worker_input_stream(worker_id)
+        self._output = worker_output_stream(worker_id)
+        self._own = EventSequencer(provider=provider, worker_id=worker_id)
+        self._own_lock = anyio.Lock()
+        #: The session the next turn resumes (the last one a result reported).
+        self.session_id: str | None = None
+        self.turns = 0
+        self._current: AgentRequest | None = None
+        self._current_entry: str | None = None
+
+    async def run(self) -> None:
+        """Write the instructions, announce ``ready``, serve prompts; ``stopped`` at the end."""
+        self._write_instructions()
+        await self._bus.ensure_group(self._input, INPUT_GROUP)
+        await self._lifecycle("ready", consumer=self._consumer)
+        reason = "failed"  # an exception escaped (the event bus went away...)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeat)
+                await self._serve()
+                reason = "stop_requested"
+                tg.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():
+            reason = "cancelled"
+            raise
+        except BaseExceptionGroup as group:
+            # The loop or the heartbeat failed: callers get that error, not anyio's wrapper.
+            raise group.exceptions[0] from None
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_S):
+                try:
+                    await self._finish_interrupted_turn()
+                    await self._lifecycle("stopped", reason=reason, turns=self.turns)
+                except CodeyardError as exc:
+                    if reason == "stop_requested":
+                        raise
+                    # Another error or a cancellation is already on its way out and says
+                    # more than this one; replacing it would hide it.
+                    log.warning("worker: final events not published", error=exc.to_dict())
+
+    # --- input -----------------------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        for entry in await self._leftovers():
+            if await self._handle(entry):
+                return
+        while True:
+            entries = await self._bus.read_group(
+                self._input, INPUT_GROUP, self._consumer, count=1, block_s=self._poll_s
+            )
+            for entry in entries:
+                if await self._handle(entry):
+                    return
+
+    async def _leftovers(self) -> list[StreamMessage]:
+        """Entries a crashed predecessor took but never finished (not ACKed)."""
+        found: list[StreamMessage] = []
+        cursor = "0-0"
+        while True:
+            page = await self._bus.claim_stale(
+                self._input, INPUT_GROUP, self._consumer, min_idle_s=0.0, cursor=cursor
+            )
+            found.extend(page.messages)
+            cursor = page.cursor
+            if cursor == "0-0":
+                return sorted(found, key=lambda m: parse_stream_id(m.id))
+
+    async def _handle(self, entry: StreamMessage) -> bool:
+        """Process one entry; True when it asks the wrapper to stop."""
+        try:
+            message = parse_worker_message(entry.fields)
+        except CodeyardError as exc:
+            await self._own_event(_error(exc, entry.id))
+            await self._bus.ack(self._input, INPUT_GROUP, [entry.id])
+            return False
+        if isinstance(message, WorkerStop):
+            await self._bus.ack(self._input, INPUT_GROUP, [entry.id])
+            return True
+        await self._turn(message, entry.id)
+        await self._bus.ack(self._input, INPUT_GROUP, [entry.id])
+        return False
+
+    # --- one turn --------------------------------------------------------------------------
+
+    async def _turn(self, message: WorkerInput, entry_id: str) -> None:
+        try:
+            request = self._request(message)
+        except CodeyardError as exc:
+            await self._own_event(_error(exc, entry_id))
+            return
+        self._current, self._current_entry = request, entry_id
+        result: AgentResult | None = None
+        try:
+            async with contextlib.aclosing(self._agent.execute(request)) as events:
+                async for event in events:
+                    await self._publish(event)
+                    if isinstance(event.payload, ResultPayload):
+                        result = event.payload.result
+        except CodeyardError as exc:  # refused before any event (InvalidInput, resume...)
+            failed = EventSequencer(
+                provider=self._provider, worker_id=self.worker_id, run_id=request.id
+            )
+            await self._publish(failed.stamp(_error(exc, entry_id)))
+            result = AgentResult(
+                status=ResultStatus.ERROR,
+                provider=self._provider,
+                error=exc.message,
+                terminal_reason=exc.code,
+            )
+            await self._publish(failed.stamp(ResultPayload(result=result)))
+        self._current = self._current_entry = None
+        self.turns += 1
+        if result is not None and result.session_id:
+            self.session_id = result.session_id
+
+    def _request(self, message: WorkerInput) -> AgentRequest:
+        options: dict[str, object] = {
+            key: value
+            for key, value in (
+                ("id", message.request_id),
+                ("timeout_s", message.timeout_s),
+                ("idle_timeout_s", message.idle_timeout_s),
+                ("model", message.model),
+                ("max_turns", message.max_turns),
+            )
+            if value is not None
+        }
+        idle_default = AgentRequest.model_fields["idle_timeout_s"].default
+        if message.idle_timeout_s is None and message.timeout_s is not None:
+            # A short hard deadline alone should not be refused for exceeding the default
+            # idle timeout: the idle timeout then follows it.
+            options["idle_timeout_s"] = min(idle_default, message.timeout_s)
+        return AgentRequest(
+            prompt=message.prompt,
+            provider=self._provider,
+            workdir=str(self._workdir),
+            worker_id=self.worker_id,
+            session_id=self.session_id,
+            env=dict(message.env),
+            **options,
+        )
+
+    async def _finish_interrupted_turn(self) -> None:
+        """A turn cut short by cancellation still gets its terminal event, then its ACK."""
+        request, entry_id = self._current, self._current_entry
+        if request is None or entry_id is None:
+            return
+        self._current = self._current_entry = None
+        sequencer = EventSequencer(
+            provider=self._provider, worker_id=self.worker_id, run_id=request.id
+        )
+        result = AgentResult(
+            status=ResultStatus.CANCELLED,
+            provider=self._provider,
+            session_id=self.session_id,
+            error="the worker was stopped",
+            terminal_reason="worker_stopped",
+        )
+        await self._publish(sequencer.stamp(ResultPayload(result=result)))
+        await self._bus.ack(self._input, INPUT_GROUP, [entry_id])
+
+    # --- output ----------------------------------------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await anyio.sleep(self._heartbeat_s)
+            await self._lifecycle("heartbeat", turns=self.turns, busy=self._current is not None)
+
+    async def _lifecycle(self, state: str, **detail: str | int | bool) -> None:
+        payload = LifecyclePayload(
+            state=state, detail={"at": self._clock.now().isoformat(), **detail}
+        )
+        await self._own_event(payload)
+
+    async def _own_event(self, payload: EventPayload) -> None:
+        # The heartbeat task publishes too: stamping and publishing under one lock keeps
+        # the wrapper's own seq in stream order.
+        async with self._own_lock:
+            await self._publish(self._own.stamp(payload))
+
+    async def _publish(self, event: AgentEvent) -> None:
+        fields = {EVENT_FIELD: event.model_dump_json(), TYPE_FIELD: event.payload.type}
+        await self._bus.publish(self._output, fields)
+
+    def _write_instructions(self) -> None:
+        if self._instructions is None:
+            return
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        (self._workdir / instructions_file(self._provider)).write_text(
+            self._instructions, encoding="utf-8"
+        )
+
+
+def _error(exc: CodeyardError, entry_id: str) -> EventPayload:
+    return ErrorPayload(message=f"input entry {entry_id}: {exc}", code=exc.code)
