@@ -38,7 +38,7 @@ from tests.integration.claude_support import (
     claude_harness,
     need_claude,
 )
-from tests.integration.codex_gemini_support import Proc, final_result, wait_for
+from tests.integration.cli_support import Proc, final_result, wait_for
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 

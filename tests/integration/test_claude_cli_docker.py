@@ -11,11 +11,9 @@ reached over the default bridge, as a worker would reach it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from collections.abc import Iterator
+from pathlib import Path
 
-import anyio
 import docker
 import docker.errors
 import docker.models.containers
@@ -23,65 +21,34 @@ import pytest
 
 from codeyard.adapters.claude import ClaudeConfig, ClaudeSpec
 from codeyard.adapters.cli.agent import CliCodeAgent
-from codeyard.adapters.docker.exec_launcher import DockerExecLauncher
 from codeyard.domain.agent import AgentRequest, ResultStatus
 from codeyard.domain.events import AgentEvent, InitPayload, MessagePayload
 from codeyard.testing.model_server import ModelServer, Scenario, Stall, Text
 from codeyard.testing.model_server.tools import TOOLS
-from tests.integration.claude_support import API_KEY, RUN_DEADLINE_S, assert_no_secret, need_claude
-from tests.integration.codex_gemini_support import final_result
-from tests.services import service_unavailable
+from tests.integration import docker_cli_support as dock
+from tests.integration.claude_support import API_KEY, assert_no_secret, need_claude
+from tests.integration.cli_support import collect, final_result
+from tests.integration.docker_cli_support import WORKSPACE, Worker
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-#: The host's glibc (Debian/Ubuntu x86-64 layout), mounted where the binary looks for it.
-GLIBC_DIRS = ("/lib/x86_64-linux-gnu", "/lib64")
-CLI_DIR, HOME, WORKSPACE = "/opt/claude", "/home/agent", "/workspace"
-
-
-@dataclass(frozen=True)
-class Worker:
-    container: docker.models.containers.Container
-    home: Path
-    workspace: Path
+CLI_DIR = "/opt/claude"
 
 
 @pytest.fixture
 def worker(docker_client: docker.DockerClient, test_image: str, tmp_path: Path) -> Iterator[Worker]:
     binary = need_claude().resolve()
-    missing = [d for d in GLIBC_DIRS if not Path(d).is_dir()]
-    if missing:
-        service_unavailable("a glibc to mount", f"{missing} missing on this host", "x86-64 Debian")
-    home, workspace = tmp_path / "home", tmp_path / "workspace"
-    home.mkdir()
-    workspace.mkdir()
-    volumes = {d: {"bind": d, "mode": "ro"} for d in GLIBC_DIRS}
-    volumes[str(binary.parent)] = {"bind": CLI_DIR, "mode": "ro"}
-    volumes[str(home)] = {"bind": HOME, "mode": "rw"}
-    volumes[str(workspace)] = {"bind": WORKSPACE, "mode": "rw"}
-    container = docker_client.containers.run(
-        test_image,
-        ["sleep", "3600"],
-        detach=True,
-        init=True,
-        volumes=volumes,
-        labels={"dev.codeyard.test": "1"},
-    )
-    try:
-        yield Worker(container, home, workspace)
-    finally:
-        with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True)
+    with dock.busybox_worker(docker_client, test_image, tmp_path, binary, CLI_DIR) as worker:
+        yield worker
 
 
-@contextlib.asynccontextmanager
-async def agent_in(
+def agent_in(
     worker: Worker, docker_client: docker.DockerClient, scenario: Scenario
-) -> AsyncIterator[CliCodeAgent]:
-    async with ModelServer(scenario, host="0.0.0.0") as server:
-        spec = ClaudeSpec(
+) -> contextlib.AbstractAsyncContextManager[CliCodeAgent]:
+    def make_spec(server: ModelServer) -> ClaudeSpec:
+        return ClaudeSpec(
             ClaudeConfig(
-                binary=f"{CLI_DIR}/{need_claude().resolve().name}",
+                binary=worker.binary,
                 path="/bin:/usr/bin",
                 base_url=server.bridge_base_url(),
                 api_key=API_KEY,
@@ -89,28 +56,22 @@ async def agent_in(
                 workdir=WORKSPACE,
             )
         )
-        launcher = DockerExecLauncher(docker_client, str(worker.container.id))
-        yield CliCodeAgent(spec, launcher, worker.home, cli_home=PurePosixPath(HOME))
+
+    return dock.exec_agent(worker, docker_client, scenario, make_spec)
 
 
 async def run(
     agent: CliCodeAgent, request: AgentRequest, cancel_on_delta: bool = False
 ) -> list[AgentEvent]:
-    events: list[AgentEvent] = []
-    with anyio.fail_after(RUN_DEADLINE_S):
-        async with contextlib.aclosing(agent.execute(request)) as stream:
-            async for event in stream:
-                events.append(event)
-                if cancel_on_delta and isinstance(event.payload, MessagePayload):
-                    await agent.cancel(request.id)
-    return events
+    async def cancel(event: AgentEvent) -> None:
+        if cancel_on_delta and isinstance(event.payload, MessagePayload):
+            await agent.cancel(request.id)
+
+    return await collect(agent, request, cancel)
 
 
 def claude_processes(worker: Worker) -> list[str]:
-    """Live processes in the container other than its init and ``sleep``."""
-    top = worker.container.top(ps_args="-o pid,stat,args")
-    rows = [dict(zip(top["Titles"], p, strict=True)) for p in top["Processes"]]
-    return [r["COMMAND"] for r in rows if "claude" in r["COMMAND"] and "Z" not in r["STAT"]]
+    return dock.processes_named(worker, "claude")
 
 
 async def test_a_tool_call_then_resume_inside_a_container(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -22,14 +21,12 @@ from codeyard.domain.agent import ResultStatus
 from codeyard.domain.events import AgentEvent, ErrorPayload, InitPayload, ToolUsePayload
 from codeyard.testing.model_server import HttpError, Scenario, Stall, Text
 from codeyard.testing.model_server.tools import shell, write_file
+from tests.integration.cli_support import final_result, need_binary, proxy_recorder, wait_for
 from tests.integration.codex_gemini_support import (
     Harness,
     assert_no_secret,
     body_text,
-    final_result,
-    need_binary,
     run_harness,
-    wait_for,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -164,27 +161,6 @@ async def test_a_stalled_model_hits_the_idle_timeout(tmp_path: Path) -> None:
     assert result.terminal_reason == "idle_timeout"
     assert 3.0 <= elapsed < 15
     h.assert_nothing_left()
-
-
-@contextlib.asynccontextmanager
-async def proxy_recorder() -> AsyncIterator[tuple[str, list[str]]]:
-    """A local listener posing as the HTTP(S) proxy: records the first line of every
-    connection (``CONNECT github.com:443 HTTP/1.1``) and refuses it."""
-    seen: list[str] = []
-
-    async def refuse(client: anyio.abc.SocketStream) -> None:
-        async with client:
-            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
-                first = await client.receive(4096)
-                seen.append(first.split(b"\r\n", 1)[0].decode(errors="replace"))
-                await client.send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
-
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, refuse)
-        yield f"http://127.0.0.1:{port}", seen
-        tg.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("plugins_disabled", [True, False])

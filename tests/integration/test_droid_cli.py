@@ -8,9 +8,7 @@ to end with exactly one result event; processes are counted by an environment ma
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path, PurePosixPath
 
 import anyio
@@ -31,14 +29,13 @@ from codeyard.domain.events import (
 )
 from codeyard.testing.model_server import HttpError, Scenario, Stall, Text, ToolCall
 from codeyard.testing.model_server.tools import shell, write_file
+from tests.integration.cli_support import final_result, processes_with, proxy_recorder, wait_for
 from tests.integration.droid_support import (
     API_KEY,
     WIRE_PATHS,
-    final_result,
+    assert_no_secret,
     need_droid,
-    processes_with,
     run_harness,
-    wait_for,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -47,11 +44,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 @pytest.fixture(autouse=True)
 def _droid_installed() -> None:
     need_droid()
-
-
-def assert_no_secret(events: list[AgentEvent]) -> None:
-    for event in events:
-        assert API_KEY not in event.model_dump_json(), f"the API key leaked into {event}"
 
 
 @pytest.mark.parametrize("wire", list(DroidWireApi), ids=lambda w: w.name.lower())
@@ -279,27 +271,6 @@ async def test_allowed_commands_run_and_others_end_the_turn(tmp_path: Path) -> N
         assert "insufficient permission" in (result.error or "")
         assert not refused.exists()
         assert processes_with(h.marker) == []
-
-
-@contextlib.asynccontextmanager
-async def proxy_recorder() -> AsyncIterator[tuple[str, list[str]]]:
-    """A local listener posing as the HTTP(S) proxy: records the first line of every
-    connection (``CONNECT api.factory.ai:443 HTTP/1.1``) and refuses it."""
-    seen: list[str] = []
-
-    async def refuse(client: anyio.abc.SocketStream) -> None:
-        async with client:
-            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
-                first = await client.receive(4096)
-                seen.append(first.split(b"\r\n", 1)[0].decode(errors="replace"))
-                await client.send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
-
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, refuse)
-        yield f"http://127.0.0.1:{port}", seen
-        tg.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize("airgapped", [True, False], ids=["airgapped", "control"])

@@ -21,14 +21,12 @@ from codeyard.domain.agent import ResultStatus
 from codeyard.domain.events import AgentEvent, MessagePayload, ToolUsePayload
 from codeyard.testing.model_server import HttpError, Scenario, Stall, Text
 from codeyard.testing.model_server.tools import shell, write_file
+from tests.integration.cli_support import final_result, need_binary, wait_for
 from tests.integration.codex_gemini_support import (
     Harness,
     assert_no_secret,
     body_text,
-    final_result,
-    need_binary,
     run_harness,
-    wait_for,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]

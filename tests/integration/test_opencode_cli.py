@@ -42,8 +42,8 @@ from codeyard.domain.events import (
 from codeyard.testing.model_server import Delay, HttpError, ModelServer, Scenario, Stall, Text
 from codeyard.testing.model_server.tools import shell, write_file
 from tests.contract.test_code_agent import assert_well_formed_run
+from tests.integration.docker_cli_support import HOME, WORKSPACE, busybox_worker
 from tests.integration.opencode_support import opencode_binary
-from tests.services import service_unavailable
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -487,9 +487,7 @@ async def test_a_dropped_event_stream_is_reopened_and_reconciled(
 
 # --- inside a container (docker exec) ------------------------------------------------------
 
-#: The host's glibc (Debian/Ubuntu x86-64 layout), mounted where the binary looks for it.
-GLIBC_DIRS = ("/lib/x86_64-linux-gnu", "/lib64")
-CLI_DIR, CONTAINER_HOME, WORKSPACE = "/opt/opencode", "/home/agent", "/workspace"
+CLI_DIR = "/opt/opencode"
 
 
 @dataclass(frozen=True)
@@ -506,30 +504,10 @@ def box(docker_client: docker.DockerClient, test_image: str, tmp_path: Path) -> 
     """A worker-like busybox container: host glibc and the binary mounted read-only, HOME
     and the workspace mounted from the host."""
     binary = Path(opencode_binary()).resolve()
-    if missing := [d for d in GLIBC_DIRS if not Path(d).is_dir()]:
-        service_unavailable("a glibc to mount", f"{missing} missing on this host", "x86-64 Debian")
-    home, workspace = tmp_path / "home", tmp_path / "workspace"
-    home.mkdir()
-    workspace.mkdir()
-    volumes = {d: {"bind": d, "mode": "ro"} for d in GLIBC_DIRS}
-    volumes[str(binary.parent)] = {"bind": CLI_DIR, "mode": "ro"}
-    volumes[str(home)] = {"bind": CONTAINER_HOME, "mode": "rw"}
-    volumes[str(workspace)] = {"bind": WORKSPACE, "mode": "rw"}
-    container = docker_client.containers.run(
-        test_image,
-        ["sleep", "3600"],
-        detach=True,
-        init=True,
-        volumes=volumes,
-        labels={"dev.codeyard.test": "1"},
-    )
-    try:
-        container.reload()
-        address = container.attrs["NetworkSettings"]["IPAddress"]
-        yield Box(container, f"{CLI_DIR}/{binary.name}", address, home, workspace)
-    finally:
-        with contextlib.suppress(docker.errors.NotFound):
-            container.remove(force=True)
+    with busybox_worker(docker_client, test_image, tmp_path, binary, CLI_DIR) as worker:
+        worker.container.reload()
+        address = worker.container.attrs["NetworkSettings"]["IPAddress"]
+        yield Box(worker.container, worker.binary, address, worker.home, worker.workspace)
 
 
 async def test_a_server_inside_a_worker_container(
@@ -557,7 +535,7 @@ async def test_a_server_inside_a_worker_container(
             port=4096,
         )
         launcher = DockerExecLauncher(docker_client, str(box.container.id))
-        home = PurePosixPath(CONTAINER_HOME)
+        home = PurePosixPath(HOME)
         agent = OpencodeCodeAgent(launcher, box.home, config=config, cli_home=home)
         r = Rig(agent, model, box.workspace, model.bridge_base_url())
         try:

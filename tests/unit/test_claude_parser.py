@@ -9,6 +9,7 @@ docker/claude.stream.jsonl, renamed docker-run1), unedited.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -33,16 +34,14 @@ from codeyard.domain.events import (
     ToolUsePayload,
     UsagePayload,
 )
+from tests.unit import parser_support as kit
 from tests.unit.strategies import json_values
 
-TRANSCRIPTS = Path(__file__).resolve().parent.parent / "fixtures" / "transcripts" / "claude"
+TRANSCRIPTS = kit.transcript_dir("claude")
 ALL_TRANSCRIPTS = sorted(TRANSCRIPTS.glob("*.stream.jsonl"))
 FRAMING = {"message_start", "content_block_start", "content_block_stop", "message_delta"}
 FRAMING |= {"message_stop"}
-
-
-def _lines(name: str) -> list[str]:
-    return (TRANSCRIPTS / name).read_text(encoding="utf-8").splitlines()
+_lines = functools.partial(kit.read_transcript, TRANSCRIPTS)
 
 
 def _parse(lines: list[str]) -> tuple[ClaudeStreamParser, list[Parsed]]:
@@ -228,13 +227,6 @@ def test_any_chunking_of_a_recorded_stream_yields_the_same_events(
 _KNOWN_TYPES = ["system", "assistant", "user", "stream_event", "rate_limit_event", "result"]
 
 
-def _is_json_object(text: str) -> bool:
-    try:
-        return isinstance(json.loads(text), dict)
-    except ValueError:
-        return False
-
-
 @settings(max_examples=300)
 @given(
     line=st.text(max_size=200) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")),
@@ -246,7 +238,7 @@ def test_garbage_lines_never_crash_and_become_raw(line: str, junk: str) -> None:
     if not line.strip():
         assert parsed == []
         return
-    if _is_json_object(line):
+    if kit.is_json_object(line):
         return  # a valid object is not garbage: the next property covers those
     assert len(parsed) == 1
     assert parsed[0].raw == line

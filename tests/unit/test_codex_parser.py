@@ -3,6 +3,7 @@ invocation CodexSpec builds (argv, env, generated config.toml)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import tomllib
 from pathlib import Path, PurePosixPath
@@ -11,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codeyard.adapters.cli.lines import split_lines
 from codeyard.adapters.cli.types import Parsed
 from codeyard.adapters.codex import CodexOptions, CodexParser, CodexSpec
 from codeyard.adapters.codex.spec import API_KEY_ENV, render_config, toml_string
@@ -28,31 +28,18 @@ from codeyard.domain.events import (
     ToolUsePayload,
     UsagePayload,
 )
+from tests.unit import parser_support as kit
+from tests.unit.parser_support import the_result, types
 
 #: Copies of the real codex CLI output recorded in shared/agent-transcripts (codex/*.stream.jsonl,
 #: and docker/codex.stream.jsonl as docker-run1), kept verbatim so the tests are hermetic.
-TRANSCRIPTS = Path(__file__).resolve().parent.parent / "fixtures" / "transcripts" / "codex"
+TRANSCRIPTS = kit.transcript_dir("codex")
 ALL_TRANSCRIPTS = sorted(TRANSCRIPTS.glob("*.stream.jsonl"))
-
-
-def _read(name: str) -> list[str]:
-    return (TRANSCRIPTS / name).read_text(encoding="utf-8").splitlines()
+_read = functools.partial(kit.read_transcript, TRANSCRIPTS)
 
 
 def feed_all(lines: list[str], parser: CodexParser | None = None) -> list[Parsed]:
-    parser = parser or CodexParser()
-    return [parsed for line in lines for parsed in parser.feed(line)]
-
-
-def types(parsed: list[Parsed]) -> list[str]:
-    return [p.payload.type for p in parsed]
-
-
-def the_result(parsed: list[Parsed]) -> ResultPayload:
-    results = [p.payload for p in parsed if isinstance(p.payload, ResultPayload)]
-    assert len(results) == 1
-    assert parsed[-1].payload is results[0], "the result is the last thing parsed"
-    return results[0]
+    return kit.feed_each(parser or CodexParser(), lines)
 
 
 # --- every transcript ----------------------------------------------------------------------
@@ -289,20 +276,10 @@ def test_blank_lines_carry_nothing() -> None:
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_any_chunking_of_a_transcript_gives_the_same_events(data: st.DataObject) -> None:
-    path = data.draw(st.sampled_from(ALL_TRANSCRIPTS))
-    raw = path.read_bytes()
-    cuts = sorted(data.draw(st.sets(st.integers(0, len(raw)), max_size=40)))
-    chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
-    expected = feed_all(raw.decode().splitlines())
-    assert feed_all(list(split_lines(chunks))) == expected
+    kit.check_any_chunking(data, ALL_TRANSCRIPTS, feed_all)
 
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.text(max_size=8)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
-    max_leaves=10,
-)
+json_values = kit.any_json(floats=False)
 event_types = st.sampled_from(
     [
         "thread.started",
@@ -340,7 +317,7 @@ fuzzy_events = st.fixed_dictionaries(
 
 
 @settings(max_examples=120, deadline=None)
-@given(lines=st.lists(st.text(max_size=80) | fuzzy_events.map(json.dumps), max_size=8))
+@given(lines=kit.garbage_lines(fuzzy_events))
 def test_garbage_never_crashes_and_every_line_is_kept(lines: list[str]) -> None:
     parser = CodexParser()
     results = 0
@@ -356,16 +333,7 @@ def test_garbage_never_crashes_and_every_line_is_kept(lines: list[str]) -> None:
 @settings(max_examples=100, deadline=None)
 @given(lines=st.lists(st.text(max_size=60), min_size=1, max_size=8))
 def test_text_that_is_not_json_objects_becomes_raw_events(lines: list[str]) -> None:
-    parser = CodexParser()
-    for text in lines:
-        line = text.replace("\n", " ")
-        try:
-            is_object = isinstance(json.loads(line), dict)
-        except ValueError:
-            is_object = False
-        for parsed in parser.feed(line):
-            if not is_object:
-                assert isinstance(parsed.payload, RawPayload)
+    kit.check_non_objects_become_raw(CodexParser(), lines)
 
 
 # --- the invocation ------------------------------------------------------------------------

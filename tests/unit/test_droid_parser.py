@@ -3,6 +3,7 @@ transcript, plus properties (chunking never matters, garbage never crashes)."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codeyard.adapters.cli.lines import split_lines
 from codeyard.adapters.cli.types import Parsed
 from codeyard.adapters.droid import DroidStreamParser
 from codeyard.adapters.droid.parser import is_retryable
@@ -26,11 +26,13 @@ from codeyard.domain.events import (
     ToolUsePayload,
     UsagePayload,
 )
+from tests.unit import parser_support as kit
+from tests.unit.parser_support import the_result
 
 #: Copies of the real droid 0.215.0 output: agent-transcripts/droid/*.stream.jsonl and
 #: docker/droid.stream.jsonl (as docker-run1), verbatim; local-* were recorded the same way
 #: for this adapter (see the README next to them).
-TRANSCRIPTS = Path(__file__).resolve().parent.parent / "fixtures" / "transcripts" / "droid"
+TRANSCRIPTS = kit.transcript_dir("droid")
 ALL_TRANSCRIPTS = sorted(TRANSCRIPTS.glob("*.stream.jsonl"))
 #: Runs cut short before Droid's last line (signals, resume refused offline...).
 UNFINISHED = {
@@ -40,28 +42,15 @@ UNFINISHED = {
     "run4-stream-json-input-multiturn.stream.jsonl",
     "run4b-stream-json-input-no-airgap.stream.jsonl",
 }
-
-
-def _read(name: str) -> list[str]:
-    return (TRANSCRIPTS / name).read_text(encoding="utf-8").splitlines()
+_read = functools.partial(kit.read_transcript, TRANSCRIPTS)
 
 
 def feed_all(lines: list[str], parser: DroidStreamParser | None = None) -> list[Parsed]:
-    parser = parser or DroidStreamParser()
-    return [parsed for line in lines for parsed in parser.feed(line)]
+    return kit.feed_each(parser or DroidStreamParser(), lines)
 
 
 def payloads_of(parsed: list[Parsed], kind: type[Any]) -> list[Any]:
     return [p.payload for p in parsed if isinstance(p.payload, kind)]
-
-
-def the_result(parsed: list[Parsed]) -> ResultPayload:
-    results = payloads_of(parsed, ResultPayload)
-    assert len(results) == 1
-    last = parsed[-1].payload
-    assert last is results[0], "the result is the last thing parsed"
-    assert isinstance(last, ResultPayload)
-    return last
 
 
 # --- every transcript ----------------------------------------------------------------------
@@ -315,12 +304,7 @@ def test_which_errors_are_retryable(message: str, retryable: bool) -> None:
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_any_chunking_of_a_transcript_gives_the_same_events(data: st.DataObject) -> None:
-    path = data.draw(st.sampled_from([p for p in ALL_TRANSCRIPTS if p.stat().st_size]))
-    blob = path.read_bytes()
-    cuts = sorted(data.draw(st.sets(st.integers(0, len(blob)), max_size=40)))
-    chunks = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)], strict=True)]
-    expected = feed_all(blob.decode().splitlines())
-    assert feed_all(list(split_lines(chunks))) == expected
+    kit.check_any_chunking(data, [p for p in ALL_TRANSCRIPTS if p.stat().st_size], feed_all)
 
 
 _KNOWN_TYPES = ["system", "message", "tool_call", "tool_result", "error", "completion"]
@@ -340,7 +324,7 @@ fuzzy_events = st.builds(
 
 
 @settings(max_examples=300, deadline=None)
-@given(lines=st.lists(st.text(max_size=80) | fuzzy_events.map(json.dumps), max_size=12))
+@given(lines=kit.garbage_lines(fuzzy_events, max_size=12))
 def test_garbage_never_crashes_and_every_line_is_kept(lines: list[str]) -> None:
     parser = DroidStreamParser()
     for line in lines:

@@ -4,6 +4,7 @@ properties; and the invocation GeminiSpec builds (argv, env, generated settings.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import subprocess
@@ -16,7 +17,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from codeyard.adapters.cli.lines import split_lines
 from codeyard.adapters.cli.types import Parsed
 from codeyard.adapters.gemini import GeminiOptions, GeminiParser, GeminiSpec
 from codeyard.adapters.gemini.supervise import MARKER_ENV, supervised
@@ -31,24 +31,18 @@ from codeyard.domain.events import (
     ToolResultPayload,
     ToolUsePayload,
 )
+from tests.unit import parser_support as kit
+from tests.unit.parser_support import the_result, types
 
 #: Copies of the real gemini CLI output recorded in shared/agent-transcripts (gemini/*.stream.jsonl,
 #: and docker/gemini.stream.jsonl as docker-run1), kept verbatim so the tests are hermetic.
-TRANSCRIPTS = Path(__file__).resolve().parent.parent / "fixtures" / "transcripts" / "gemini"
+TRANSCRIPTS = kit.transcript_dir("gemini")
 ALL_TRANSCRIPTS = sorted(TRANSCRIPTS.glob("*.stream.jsonl"))
-
-
-def _read(name: str) -> list[str]:
-    return (TRANSCRIPTS / name).read_text(encoding="utf-8").splitlines()
+_read = functools.partial(kit.read_transcript, TRANSCRIPTS)
 
 
 def feed_all(lines: list[str], parser: GeminiParser | None = None) -> list[Parsed]:
-    parser = parser or GeminiParser()
-    return [parsed for line in lines for parsed in parser.feed(line)]
-
-
-def types(parsed: list[Parsed]) -> list[str]:
-    return [p.payload.type for p in parsed]
+    return kit.feed_each(parser or GeminiParser(), lines)
 
 
 def full_messages(parsed: list[Parsed]) -> list[MessagePayload]:
@@ -59,13 +53,6 @@ def full_messages(parsed: list[Parsed]) -> list[MessagePayload]:
         and not p.payload.delta
         and p.payload.role == "assistant"
     ]
-
-
-def the_result(parsed: list[Parsed]) -> ResultPayload:
-    results = [p.payload for p in parsed if isinstance(p.payload, ResultPayload)]
-    assert len(results) == 1
-    assert parsed[-1].payload is results[0], "the result is the last thing parsed"
-    return results[0]
 
 
 # --- every transcript ----------------------------------------------------------------------
@@ -264,20 +251,10 @@ def test_only_the_first_result_is_the_result() -> None:
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_any_chunking_of_a_transcript_gives_the_same_events(data: st.DataObject) -> None:
-    path = data.draw(st.sampled_from(ALL_TRANSCRIPTS))
-    raw = path.read_bytes()
-    cuts = sorted(data.draw(st.sets(st.integers(0, len(raw)), max_size=40)))
-    chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
-    expected = feed_all(raw.decode().splitlines())
-    assert feed_all(list(split_lines(chunks))) == expected
+    kit.check_any_chunking(data, ALL_TRANSCRIPTS, feed_all)
 
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
-    max_leaves=10,
-)
+json_values = kit.any_json()
 fuzzy_events = st.fixed_dictionaries(
     {"type": st.sampled_from(["init", "message", "tool_use", "tool_result", "error", "result"])},
     optional={
@@ -299,7 +276,7 @@ fuzzy_events = st.fixed_dictionaries(
 
 
 @settings(max_examples=120, deadline=None)
-@given(lines=st.lists(st.text(max_size=80) | fuzzy_events.map(json.dumps), max_size=8))
+@given(lines=kit.garbage_lines(fuzzy_events))
 def test_garbage_never_crashes_and_every_line_is_kept(lines: list[str]) -> None:
     parser = GeminiParser()
     results = 0
@@ -321,16 +298,7 @@ def test_garbage_never_crashes_and_every_line_is_kept(lines: list[str]) -> None:
 @settings(max_examples=100, deadline=None)
 @given(lines=st.lists(st.text(max_size=60), min_size=1, max_size=8))
 def test_text_that_is_not_json_objects_becomes_raw_events(lines: list[str]) -> None:
-    parser = GeminiParser()
-    for text in lines:
-        line = text.replace("\n", " ")
-        try:
-            is_object = isinstance(json.loads(line), dict)
-        except ValueError:
-            is_object = False
-        for parsed in parser.feed(line):
-            if not is_object:
-                assert isinstance(parsed.payload, RawPayload)
+    kit.check_non_objects_become_raw(GeminiParser(), lines)
 
 
 # --- the invocation ------------------------------------------------------------------------

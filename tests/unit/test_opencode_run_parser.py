@@ -5,6 +5,7 @@ properties; the invocation OpencodeRunSpec builds; and the run loop replaying tr
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import signal
 from collections.abc import Mapping
@@ -15,7 +16,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from codeyard.adapters.cli.agent import local_agent
-from codeyard.adapters.cli.lines import split_lines
 from codeyard.adapters.cli.types import Parsed
 from codeyard.adapters.opencode.config import API_KEY_ENV, CONFIG_FILE, OpencodeConfig
 from codeyard.adapters.opencode.run_parser import PROVIDER, OpencodeRunParser
@@ -38,34 +38,19 @@ from codeyard.domain.events import (
     ToolUsePayload,
     UsagePayload,
 )
+from tests.unit import parser_support as kit
+from tests.unit.parser_support import the_result, types
 
 #: Verbatim copies of shared/agent-transcripts/opencode/run*.stream.jsonl, and of
 #: docker/opencode.stream.jsonl as docker-run1 (see the folder's README).
-TRANSCRIPTS = (
-    Path(__file__).resolve().parent.parent / "fixtures" / "transcripts" / "opencode" / "run"
-)
+TRANSCRIPTS = kit.transcript_dir("opencode", "run")
 ALL_TRANSCRIPTS = sorted(TRANSCRIPTS.glob("*.stream.jsonl"))
 SESSION = "ses_test"
-
-
-def _read(name: str) -> list[str]:
-    return (TRANSCRIPTS / name).read_text(encoding="utf-8").splitlines()
+_read = functools.partial(kit.read_transcript, TRANSCRIPTS)
 
 
 def feed_all(lines: list[str], parser: OpencodeRunParser | None = None) -> list[Parsed]:
-    parser = parser or OpencodeRunParser()
-    return [parsed for line in lines for parsed in parser.feed(line)]
-
-
-def types(parsed: list[Parsed]) -> list[str]:
-    return [p.payload.type for p in parsed]
-
-
-def the_result(parsed: list[Parsed]) -> ResultPayload:
-    results = [p.payload for p in parsed if isinstance(p.payload, ResultPayload)]
-    assert len(results) == 1
-    assert parsed[-1].payload is results[0], "the result is the last thing parsed"
-    return results[0]
+    return kit.feed_each(parser or OpencodeRunParser(), lines)
 
 
 def line(kind: str, part: Mapping[str, object] | None = None, **fields: object) -> str:
@@ -278,20 +263,10 @@ def test_blank_lines_carry_nothing() -> None:
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_any_chunking_of_a_transcript_gives_the_same_events(data: st.DataObject) -> None:
-    path = data.draw(st.sampled_from(ALL_TRANSCRIPTS))
-    raw = path.read_bytes()
-    cuts = sorted(data.draw(st.sets(st.integers(0, len(raw)), max_size=40)))
-    chunks = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
-    expected = feed_all(raw.decode().splitlines())
-    assert feed_all(list(split_lines(chunks))) == expected
+    kit.check_any_chunking(data, ALL_TRANSCRIPTS, feed_all)
 
 
-json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner),
-    max_leaves=10,
-)
+json_values = kit.any_json()
 fuzzy_parts = st.fixed_dictionaries(
     {},
     optional={
@@ -347,7 +322,7 @@ fuzzy_events = st.fixed_dictionaries(
 
 
 @settings(max_examples=200, deadline=None)
-@given(lines=st.lists(st.text(max_size=80) | fuzzy_events.map(json.dumps), max_size=8))
+@given(lines=kit.garbage_lines(fuzzy_events))
 def test_garbage_never_crashes_and_every_line_is_kept(lines: list[str]) -> None:
     parser = OpencodeRunParser()
     results = 0
