@@ -36,7 +36,7 @@ from anyio.abc import TaskStatus
 from pydantic import JsonValue
 
 from codeyard.domain.commands import AnyCommand, Reply, parse_command, salvaged_reply_stream
-from codeyard.domain.errors import CodeyardError, InvalidCommand, NotFound
+from codeyard.domain.errors import CodeyardError, InvalidCommand, NotFound, PoisonCommand
 from codeyard.domain.streams import COMMANDS_STREAM, DEAD_LETTER_STREAM, StreamMessage
 from codeyard.ports.event_bus import EventBus
 
@@ -227,8 +227,7 @@ class CommandService:
         if command is None:
             return
         # Best effort: tell the client, so it does not wait for a reply that never comes.
-        error = {"code": "poison_command", "message": reason, "fields": {}, "retryable": False}
-        reply = Reply(request_id=command.request_id, ok=False, error=error)
+        reply = Reply.failure(command.request_id, PoisonCommand(reason))
         try:
             await self._bus.publish(command.reply_stream, reply.to_fields())
         except CodeyardError as exc:

@@ -27,15 +27,20 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import AfterValidator, Field, JsonValue, TypeAdapter, ValidationError, model_validator
 
 from codeyard.domain.base import DomainModel, Name, validation_errors
-from codeyard.domain.errors import CodeyardError, InvalidCommand, InvalidRequest, error_from_dict
+from codeyard.domain.errors import (
+    CodeyardError,
+    InternalError,
+    InvalidCommand,
+    InvalidRequest,
+    error_from_dict,
+)
 from codeyard.domain.streams import response_stream
 from codeyard.domain.worker import WorkerSpec
 
 COMMAND_FIELD = "command"
 REPLY_FIELD = "reply"
-#: The error code of a reply to a command whose handler failed unexpectedly (a bug). Kept
-#: as a bare code, not a CodeyardError subclass: nobody raises it on purpose.
-INTERNAL_ERROR_CODE = "internal"
+#: The error code of a reply to a command whose handler failed unexpectedly (a bug).
+INTERNAL_ERROR_CODE = InternalError.code
 
 # Reply streams are Redis keys chosen by clients: printable, no spaces, bounded.
 _STREAM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:{}-]{0,255}$")
@@ -206,13 +211,9 @@ class Reply(DomainModel):
 
     @classmethod
     def internal(cls, request_id: str, detail: str) -> Reply:
-        error: dict[str, JsonValue] = {
-            "code": INTERNAL_ERROR_CODE,
-            "message": "internal error while handling the command",
-            "fields": {"detail": detail},
-            "retryable": False,
-        }
-        return cls(request_id=request_id, ok=False, error=error)
+        return cls.failure(
+            request_id, InternalError("internal error while handling the command", detail=detail)
+        )
 
     def to_fields(self) -> dict[str, str]:
         return {REPLY_FIELD: self.model_dump_json()}

@@ -114,6 +114,19 @@ class Cancelled(CodeyardError):
     code = "cancelled"
 
 
+class InternalError(CodeyardError):
+    """A bug: a handler failed with an exception nobody raised on purpose. Replies carry it
+    so a client gets an answer; the traceback stays in the service's log."""
+
+    code = "internal"
+
+
+class PoisonCommand(CodeyardError):
+    """A command that failed to complete too many times and went to the dead letter."""
+
+    code = "poison_command"
+
+
 # --- invalid input ------------------------------------------------------------------------
 
 
