@@ -51,6 +51,8 @@ LABEL_ISOLATION = LABEL_PREFIX + "isolation"
 RUNTIME_NAME = "local"
 _LOOPBACK = "127.0.0.1"
 _POLL_MIN_S, _POLL_MAX_S = 0.002, 0.05
+#: How long start waits for a network=none process to enter its own namespace.
+_NETNS_WAIT_S = 5.0
 
 
 @dataclass
@@ -179,6 +181,12 @@ class LocalProcessRuntime:
                 return
         box.state, box.started_at = ContainerState.RUNNING, self._clock.now()
         threading.Thread(target=self._reap, args=(box, box.process), daemon=True).start()
+        if box.spec.network is NetworkPolicy.NONE:
+            # `unshare` enters its namespace a moment after the fork: an exec joining the
+            # pid's namespace before then would land in the host's (seen in a full run).
+            with anyio.move_on_after(_NETNS_WAIT_S):
+                while not box.done.is_set() and not _own_netns(box.process.pid):  # noqa: ASYNC110 - /proc offers no wakeup
+                    await anyio.sleep(_POLL_MIN_S)
 
     def _reap(self, box: _Box, process: subprocess.Popen[bytes]) -> None:
         """Thread: record the main process's end, then end the rest of its group."""
@@ -323,6 +331,14 @@ def _read(path: Path) -> str:
         return path.read_text(errors="replace")
     except FileNotFoundError:
         return ""
+
+
+def _own_netns(pid: int) -> bool:
+    """Whether ``pid`` runs in a network namespace other than ours (False if unknown)."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    except OSError:
+        return False
 
 
 def _can_unshare() -> bool:
