@@ -124,7 +124,8 @@ class WorkerWrapper:
 
     async def run(self) -> None:
         """Write the instructions, announce ``ready``, serve prompts; ``stopped`` at the end."""
-        self._write_instructions()
+        # A file write on a possibly slow workspace volume: off the event loop.
+        await anyio.to_thread.run_sync(self._write_instructions)
         await self._bus.ensure_group(self._input, INPUT_GROUP)
         await self._lifecycle("ready", consumer=self._consumer)
         reason = "failed"  # an exception escaped (the event bus went away...)
