@@ -19,6 +19,7 @@ reply stream from such an error (``None``: nobody to answer, dead-letter it).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ from codeyard.domain.errors import (
     error_from_dict,
 )
 from codeyard.domain.streams import response_stream
-from codeyard.domain.worker import WorkerSpec
+from codeyard.domain.worker import WorkerRecord, WorkerSpec, WorkerStatus
 
 COMMAND_FIELD = "command"
 REPLY_FIELD = "reply"
@@ -182,6 +183,49 @@ def salvaged_reply_stream(error: InvalidCommand) -> str | None:
         return reply_to
     request_id = error.fields.get("request_id")
     return response_stream(request_id) if isinstance(request_id, str) else None
+
+
+# --- results: the ``result`` of an ok reply, per command type --------------------------------
+
+
+class CreateResult(DomainModel):
+    worker_id: Name
+    status: WorkerStatus
+    #: The request id of the initial prompt pushed to the worker's input (headless mode).
+    prompt_request_id: Name | None = None
+    #: Taken from the warm pool (no cold start).
+    warm: bool = False
+
+
+class DeleteResult(DomainModel):
+    worker_id: Name
+    status: WorkerStatus
+
+
+class SendResult(DomainModel):
+    worker_id: Name
+    request_id: Name
+    #: The input stream entry id of the prompt.
+    entry_id: str
+
+
+class LogsResult(DomainModel):
+    worker_id: Name
+    logs: str
+
+
+class ListResult(DomainModel):
+    workers: tuple[WorkerRecord, ...] = ()
+
+
+#: ``status`` answers with the :class:`WorkerRecord` itself.
+StatusResult = WorkerRecord
+
+
+def derived_worker_id(request_id: str) -> str:
+    """The worker id a create without one gets: stable per request, so a re-delivered
+    create finds the worker its first delivery made instead of making a second."""
+    return "w-" + hashlib.sha256(request_id.encode()).hexdigest()[:20]
 
 
 class Reply(DomainModel):

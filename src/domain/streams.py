@@ -22,6 +22,16 @@ def response_stream(request_id: str) -> str:
     return f"worker:responses:{request_id}"
 
 
+def standby_stream(slot: str) -> str:
+    """Where a standby worker container waits for its :class:`WorkerAssignment`."""
+    return f"worker:standby:{slot}"
+
+
+def owner_commands_stream(owner: str) -> str:
+    """Commands forwarded to the manager ``owner`` (the one whose engine runs the worker)."""
+    return f"{COMMANDS_STREAM}:owner:{owner}"
+
+
 class StreamMessage(DomainModel):
     """One stream entry. ``id`` is ``<ms>-<seq>`` as Redis assigns it, ordered per stream."""
 

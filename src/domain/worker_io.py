@@ -50,6 +50,23 @@ class WorkerStop(DomainModel):
     type: Literal["stop"] = "stop"
 
 
+class WorkerAssignment(DomainModel):
+    """Turns a standby worker container into worker ``worker_id`` (field ``message`` of the
+    one entry on :func:`~codeyard.domain.streams.standby_stream`).
+
+    Every worker container boots in standby: a cold create publishes the assignment right
+    before starting the container, a warm-pool claim publishes it to a container already
+    running. ``env`` reaches every agent run of the worker; it travels through the event bus,
+    so it is for configuration, not secrets (those are injected at container start).
+    """
+
+    type: Literal["assign"] = "assign"
+    worker_id: Name
+    instructions: str | None = None
+    allowed_commands: tuple[str, ...] = ()
+    env: dict[str, str] = Field(default_factory=dict)
+
+
 WorkerMessage = Annotated[WorkerInput | WorkerStop, Field(discriminator="type")]
 _MESSAGE: TypeAdapter[WorkerInput | WorkerStop] = TypeAdapter(WorkerMessage)
 

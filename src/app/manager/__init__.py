@@ -1,0 +1,1 @@
+"""The worker manager: the control plane that creates, watches and removes workers."""

@@ -1,0 +1,1 @@
+"""The async client an orchestrator embeds to drive codeyard workers."""
