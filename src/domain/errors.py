@@ -209,6 +209,13 @@ class InvalidTransition(Conflict):
     code = "invalid_transition"
 
 
+class ForwardLoop(Conflict):
+    """A command was forwarded between managers more times than allowed (``fields``:
+    ``forwarded``, ``max_forwards``, ``stream``)."""
+
+    code = "forward_loop"
+
+
 # --- unavailable --------------------------------------------------------------------------
 
 
@@ -216,6 +223,14 @@ class ServiceUnavailable(Unavailable):
     """``fields["service"]`` names it: redis, postgres, docker..."""
 
     code = "service_unavailable"
+
+
+class ReplyTimeout(ServiceUnavailable):
+    """No reply to a command within the deadline (``service="worker-manager"``, with
+    ``request_id`` and ``timeout_s``). The command may still run later: retry with the
+    same request id to stay idempotent."""
+
+    code = "reply_timeout"
 
 
 class RuntimeNotAvailable(Unavailable):
