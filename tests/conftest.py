@@ -15,6 +15,15 @@ Service fixtures (the helpers are in the ``tests/services/`` package):
 * ``docker_client`` (session): ``docker.from_env(max_pool_size=32)`` after ``ping()``.
 * ``test_image`` (session): the tag of the local image ``codeyard-test/busybox:latest``
   (static busybox, no registry), built by ``scripts/build-test-image`` when missing.
+* ``worker_redis`` (session): a Redis reachable from containers (binds 0.0.0.0, random
+  ``requirepass``); a ``WorkerRedis`` with ``url`` (host side), ``port``, ``password`` and
+  ``container_url(host)``, e.g. ``container_url("host.docker.internal")`` in a container run
+  with ``extra_hosts={"host.docker.internal": "host-gateway"}``.
+* ``worker_redis_db`` (function): the same server on a flushed database whose index differs
+  from the previous test's (cycling through 64). Both come from ``worker_redis_server``.
+* ``second_docker_engine`` (session): a second dockerd on this machine (own dirs, socket,
+  bridge and iptables rules); a ``SecondEngine`` with ``client`` and ``base_url``. Copy
+  images into it with ``tests.services.second_engine.copy_image``.
 
 A test using one of these fixtures gets the matching marker (``redis``, ``postgres``,
 ``docker``) automatically, so ``-m "not docker"`` deselects it.
@@ -33,6 +42,8 @@ import pytest
 import redis
 
 from tests import services
+from tests.services.second_engine import SecondEngine, find_dockerd, start_second_engine
+from tests.services.worker_redis import WorkerRedis, WorkerRedisServer, start_worker_redis
 
 # Fixture name -> marker applied to every test that uses it (directly or indirectly).
 _SERVICE_MARKERS = {
@@ -43,6 +54,10 @@ _SERVICE_MARKERS = {
     "postgres_server": "postgres",
     "docker_client": "docker",
     "test_image": "docker",
+    "worker_redis_server": "redis",
+    "worker_redis": "redis",
+    "worker_redis_db": "redis",
+    "second_docker_engine": "docker",
 }
 
 
@@ -150,3 +165,52 @@ def test_image(docker_client: docker.DockerClient) -> str:
         return services.ensure_test_image(docker_client)
     except (services.ServiceStartError, docker.errors.DockerException) as exc:
         services.service_unavailable(f"Docker test image {services.TEST_IMAGE_TAG}", str(exc))
+
+
+# --- Multi-host: a Redis reachable from containers, a second Docker engine -----------------
+
+
+@pytest.fixture(scope="session")
+def worker_redis_server() -> Iterator[WorkerRedisServer]:
+    binary = services.find_redis_server()
+    if binary is None:
+        services.service_unavailable("Redis", "the redis-server binary is not installed")
+    try:
+        server = start_worker_redis(binary)
+    except services.ServiceStartError as exc:
+        services.service_unavailable("worker Redis", str(exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_redis(
+    worker_redis_server: WorkerRedisServer,
+) -> WorkerRedis:
+    """Redis on 0.0.0.0 with a password, database 0 (not flushed between tests)."""
+    return worker_redis_server.endpoint
+
+
+@pytest.fixture
+def worker_redis_db(
+    worker_redis_server: WorkerRedisServer,
+) -> WorkerRedis:
+    """``worker_redis`` on a flushed database index that differs from the previous test's."""
+    return worker_redis_server.next_db()
+
+
+@pytest.fixture(scope="session")
+def second_docker_engine() -> Iterator[SecondEngine]:
+    binary = find_dockerd()
+    if binary is None:
+        services.service_unavailable("second Docker engine", "the dockerd binary is missing")
+    try:
+        engine = start_second_engine(binary)
+    except (services.ServiceStartError, docker.errors.DockerException, OSError) as exc:
+        services.service_unavailable("second Docker engine", str(exc))
+    try:
+        yield engine
+    finally:
+        engine.stop()
