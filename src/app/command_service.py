@@ -4,18 +4,27 @@ Delivery: one consumer group (``codeyard-managers``) shared by every manager pro
 consumer per process (host + pid). A read loop takes new entries; a reclaim loop pages
 through ``claim_stale`` and takes over entries another consumer (a dead process) left
 pending longer than ``min_idle_s``. Each entry ends in exactly one of: a reply on its reply
-stream, or a dead-letter entry (no reply stream can be derived, or it was delivered more
+stream, a copy forwarded to another manager's stream (:class:`Forward`: that manager
+replies), or a dead-letter entry (no reply stream can be derived, or it was delivered more
 than ``max_deliveries`` times). Only then is it ACKed, so a crash anywhere before leaves it
 pending for the reclaim loop: nothing is lost.
+
+Concurrency: up to ``concurrency`` entries are handled at once (a create may wait minutes
+for an image build), both loops drawing on one pool of slots and never taking more entries
+than there are free slots. So the order between commands is *not* kept: a later command may
+be answered first. Two commands naming the same worker may run at the same time; the
+handler must serialize per worker (the worker manager does).
 
 Exactly once *in effect*: replies are keyed by ``request_id``. Before running a command
 the service looks for a reply to that request id on its reply stream; a re-delivered
 command that was already answered (crash between the reply and the ACK) is ACKed without
-running again. The one window left is a crash after the handler's effect and before the
-reply: handlers close it by being idempotent per request (a create carries or derives its
-worker id; a delete of a deleted worker succeeds). Two processes never run one entry at
-the same time as long as ``min_idle_s`` exceeds the longest handler run; within a process
-an in-flight set keeps the reclaim loop off entries the read loop is still handling.
+running again. The one window left is a crash after the handler's effect (or a forward)
+and before the reply (or the ACK): handlers close it by being idempotent per request (a
+create carries or derives its worker id; a delete of a deleted worker succeeds), and a
+command forwarded twice is answered once by its target, whose reply check skips the copy.
+Two processes never run one entry at the same time as long as ``min_idle_s`` exceeds the
+longest handler run; within a process an in-flight set keeps the reclaim loop off entries
+already being handled.
 
 The handler is an application-level protocol (:class:`CommandHandler`), not a port: its
 implementation is the worker manager (app logic composing ports), not a technology
@@ -24,34 +33,61 @@ adapter, and nothing outside ``codeyard.app`` needs to name it.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import anyio
 import structlog
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from pydantic import JsonValue
 
-from codeyard.domain.commands import AnyCommand, Reply, parse_command, salvaged_reply_stream
-from codeyard.domain.errors import CodeyardError, InvalidCommand, NotFound, PoisonCommand
+from codeyard.app.command_dead_letter import DeadLetters, already_replied
+from codeyard.domain.commands import AnyCommand, Reply, parse_command
+from codeyard.domain.errors import (
+    CodeyardError,
+    ForwardLoop,
+    InvalidCommand,
+    InvalidInput,
+    NotFound,
+)
 from codeyard.domain.streams import COMMANDS_STREAM, DEAD_LETTER_STREAM, StreamMessage
 from codeyard.ports.event_bus import EventBus
 
 log = structlog.get_logger(__name__)
 
+#: Entry field counting how many times an entry was forwarded (absent: never).
+FORWARDED_FIELD = "forwarded"
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Returned by a handler: re-publish this entry, unchanged, on ``stream``."""
+
+    stream: str
+
 
 class CommandHandler(Protocol):
-    """Runs one parsed command; returns the JSON result or raises a CodeyardError."""
+    """Runs one parsed command; returns the JSON result, or a :class:`Forward` when another
+    manager must run it, or raises a CodeyardError. Called concurrently, also for commands
+    naming the same worker: serializing those is the handler's job."""
 
-    async def handle(self, command: AnyCommand) -> JsonValue: ...
+    async def handle(self, command: AnyCommand) -> JsonValue | Forward: ...
 
 
 def default_consumer_name() -> str:
     """Unique per process on one host; hosts are told apart by name."""
     return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def forward_count(fields: Mapping[str, str]) -> int:
+    """How many times an entry was forwarded; a garbled counter counts as never."""
+    try:
+        return max(0, int(fields.get(FORWARDED_FIELD, "0")))
+    except ValueError:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -70,6 +106,42 @@ class CommandServiceConfig:
     max_deliveries: int = 5
     #: Back-off after a transport failure (Redis down) before trying again.
     retry_s: float = 1.0
+    #: Entries handled at once by this process.
+    concurrency: int = 16
+    #: A command its handler wants forwarded more often than this gets a ForwardLoop reply.
+    max_forwards: int = 3
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.max_forwards < 0:
+            raise InvalidInput(
+                "concurrency must be >= 1 and max_forwards >= 0",
+                concurrency=self.concurrency,
+                max_forwards=self.max_forwards,
+            )
+
+
+class _Slots:
+    """Handler slots: a slot is taken before an entry is read or claimed, so a loop never
+    holds entries it cannot start, and given back when the entry's handling ends."""
+
+    def __init__(self, size: int) -> None:
+        self._semaphore = anyio.Semaphore(size)
+
+    async def take(self, most: int) -> int:
+        """Wait for one free slot, then take up to ``most`` without waiting; how many."""
+        await self._semaphore.acquire()
+        held = 1
+        while held < most:
+            try:
+                self._semaphore.acquire_nowait()
+            except anyio.WouldBlock:
+                break
+            held += 1
+        return held
+
+    def give_back(self, count: int) -> None:
+        for _ in range(count):
+            self._semaphore.release()
 
 
 class CommandService:
@@ -78,34 +150,46 @@ class CommandService:
     ) -> None:
         self._bus = bus
         self._handler = handler
-        self.config = config or CommandServiceConfig()
+        self.config = cfg = config or CommandServiceConfig()
+        self._dead = DeadLetters(bus, cfg.dead_letter_stream, cfg.consumer, cfg.max_deliveries)
+        self._slots = _Slots(cfg.concurrency)
         # Entry ids this process is handling now: the reclaim loop must not run them twice.
         self._in_flight: set[str] = set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Serve until cancelled. Cancellation leaves the current entry pending (no loss)."""
+        """Serve until cancelled. Cancellation cancels the handlers running; their entries
+        stay pending (no loss)."""
         cfg = self.config
         await self._bus.ensure_group(cfg.stream, cfg.group)
         log.info("command service started", group=cfg.group, consumer=cfg.consumer)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._read_loop)
+            tg.start_soon(self._read_loop, tg)
             tg.start_soon(self._reclaim_loop)
             task_status.started()
 
     # --- loops -----------------------------------------------------------------------------
 
-    async def _read_loop(self) -> None:
-        cfg = self.config
+    async def _read_loop(self, tg: TaskGroup) -> None:
         while True:
             try:
-                messages = await self._bus.read_group(
-                    cfg.stream, cfg.group, cfg.consumer, count=cfg.batch, block_s=cfg.block_s
-                )
+                await self._read_once(tg)
             except CodeyardError as exc:
                 await self._recover(exc)
-                continue
-            for message in messages:
-                await self._process_safely(message)
+
+    async def _read_once(self, tg: TaskGroup) -> None:
+        """Read as many new entries as there are free slots and start them in ``tg``."""
+        cfg = self.config
+        held = await self._slots.take(cfg.batch)
+        try:
+            messages = await self._bus.read_group(
+                cfg.stream, cfg.group, cfg.consumer, count=held, block_s=cfg.block_s
+            )
+        except BaseException:
+            self._slots.give_back(held)
+            raise
+        self._slots.give_back(held - len(messages))
+        for message in messages:
+            self._start(tg, message)
 
     async def _reclaim_loop(self) -> None:
         while True:
@@ -129,34 +213,54 @@ class CommandService:
         await anyio.sleep(cfg.retry_s)
 
     async def reclaim_once(self) -> int:
-        """One full pass over the pending list; returns how many entries were taken over."""
+        """One full pass over the pending list; returns how many entries were taken over,
+        once they are handled (concurrently, within the shared slots)."""
         cfg = self.config
         cursor, taken = "0-0", 0
-        while True:
-            page = await self._bus.claim_stale(
-                cfg.stream,
-                cfg.group,
-                cfg.consumer,
-                min_idle_s=cfg.min_idle_s,
-                cursor=cursor,
-                count=cfg.batch,
-            )
-            if page.deleted_ids:  # trimmed before anyone ACKed them: nothing left to run
-                log.warning("pending commands were trimmed", ids=list(page.deleted_ids))
-            for message in page.messages:
-                if message.id in self._in_flight:
-                    continue
-                taken += 1
-                await self._process_safely(message)
-            cursor = page.cursor
-            if cursor == "0-0":
-                return taken
+        failure: CodeyardError | None = None
+        async with anyio.create_task_group() as tg:
+            while True:
+                held = await self._slots.take(cfg.batch)
+                try:
+                    page = await self._bus.claim_stale(
+                        cfg.stream,
+                        cfg.group,
+                        cfg.consumer,
+                        min_idle_s=cfg.min_idle_s,
+                        cursor=cursor,
+                        count=held,
+                    )
+                except BaseException as exc:
+                    self._slots.give_back(held)
+                    if not isinstance(exc, CodeyardError):
+                        raise
+                    # Raised after the task group, so that it is not wrapped in a group.
+                    failure = exc
+                    break
+                if page.deleted_ids:  # trimmed before anyone ACKed them: nothing left to run
+                    log.warning("pending commands were trimmed", ids=list(page.deleted_ids))
+                fresh = [m for m in page.messages if m.id not in self._in_flight]
+                self._slots.give_back(held - len(fresh))
+                for message in fresh:
+                    self._start(tg, message)
+                taken += len(fresh)
+                cursor = page.cursor
+                if cursor == "0-0":
+                    break
+        if failure is not None:
+            raise failure
+        return taken
 
     # --- one entry -------------------------------------------------------------------------
 
+    def _start(self, tg: TaskGroup, message: StreamMessage) -> None:
+        """Handle ``message`` in ``tg`` on a slot already taken. Marked in flight before
+        any await, so that no reclaim pass can start it a second time."""
+        self._in_flight.add(message.id)
+        tg.start_soon(self._process_safely, message, name=f"command {message.id}")
+
     async def _process_safely(self, message: StreamMessage) -> None:
         """Never raises for one bad entry: what failed stays pending and is retried."""
-        self._in_flight.add(message.id)
         try:
             await self.process(message)
         except CodeyardError as exc:  # transport trouble: leave it pending
@@ -165,30 +269,43 @@ class CommandService:
             log.exception("command processing failed", id=message.id)
         finally:
             self._in_flight.discard(message.id)
+            self._slots.give_back(1)
 
     async def process(self, message: StreamMessage) -> None:
-        """Answer (or dead-letter) one entry, then ACK it."""
+        """Answer, forward or dead-letter one entry, then ACK it."""
         cfg = self.config
         if message.deliveries > cfg.max_deliveries:
-            await self._poison(message)
+            await self._dead.poison(message)
         else:
             try:
                 command = parse_command(message.fields)
             except InvalidCommand as exc:
-                target = salvaged_reply_stream(exc)
-                if target is None:
-                    await self._dead_letter(message, f"{exc.code}: {exc}")
-                else:
-                    request_id = exc.fields.get("request_id")
-                    rid = request_id if isinstance(request_id, str) else None
-                    await self._bus.publish(target, Reply.failure(rid, exc).to_fields())
+                await self._dead.refuse(message, exc)
             else:
-                if not await self._already_replied(command):
-                    reply = await self._run(command)
-                    await self._bus.publish(command.reply_stream, reply.to_fields())
+                if not await already_replied(self._bus, command):
+                    await self._answer(message, command)
         await self._bus.ack(cfg.stream, cfg.group, [message.id])
 
-    async def _run(self, command: AnyCommand) -> Reply:
+    async def _answer(self, message: StreamMessage, command: AnyCommand) -> None:
+        outcome = await self._run(command)
+        if isinstance(outcome, Forward):
+            count = forward_count(message.fields)
+            if count < self.config.max_forwards:
+                # The original fields, so the target parses exactly what the client sent.
+                fields = {**message.fields, FORWARDED_FIELD: str(count + 1)}
+                await self._bus.publish(outcome.stream, fields)
+                log.info("command forwarded", id=message.id, stream=outcome.stream)
+                return
+            loop = ForwardLoop(
+                "command forwarded too many times",
+                forwarded=count,
+                max_forwards=self.config.max_forwards,
+                stream=outcome.stream,
+            )
+            outcome = Reply.failure(command.request_id, loop)
+        await self._bus.publish(command.reply_stream, outcome.to_fields())
+
+    async def _run(self, command: AnyCommand) -> Reply | Forward:
         try:
             result = await self._handler.handle(command)
         except CodeyardError as exc:
@@ -196,53 +313,9 @@ class CommandService:
         except Exception as exc:  # not BaseException: cancellation always propagates
             log.exception("command handler failed", request_id=command.request_id)
             return Reply.internal(command.request_id, type(exc).__name__)
+        if isinstance(result, Forward):
+            return result
         try:
             return Reply.success(command.request_id, result)
         except CodeyardError as exc:  # the handler returned something that is not JSON
             return Reply.internal(command.request_id, f"unserializable result: {exc}")
-
-    async def _already_replied(self, command: AnyCommand) -> bool:
-        after = "0-0"
-        while True:
-            entries = await self._bus.read(command.reply_stream, after=after, count=100)
-            if not entries:
-                return False
-            for entry in entries:
-                try:
-                    if Reply.from_fields(entry.fields).request_id == command.request_id:
-                        return True
-                except CodeyardError:  # a foreign entry on a shared reply stream
-                    continue
-            after = entries[-1].id
-
-    async def _poison(self, message: StreamMessage) -> None:
-        reason = f"delivered {message.deliveries} times (max {self.config.max_deliveries})"
-        try:
-            command: AnyCommand | None = parse_command(message.fields)
-        except InvalidCommand:
-            command = None
-        if command is not None and await self._already_replied(command):
-            return  # answered before; only the ACK was lost
-        await self._dead_letter(message, reason)
-        if command is None:
-            return
-        # Best effort: tell the client, so it does not wait for a reply that never comes.
-        reply = Reply.failure(command.request_id, PoisonCommand(reason))
-        try:
-            await self._bus.publish(command.reply_stream, reply.to_fields())
-        except CodeyardError as exc:
-            log.warning("poison reply failed", id=message.id, error=str(exc))
-
-    async def _dead_letter(self, message: StreamMessage, reason: str) -> None:
-        log.warning("command dead-lettered", id=message.id, reason=reason)
-        await self._bus.publish(
-            self.config.dead_letter_stream,
-            {
-                "stream": message.stream,
-                "id": message.id,
-                "reason": reason,
-                "deliveries": str(message.deliveries),
-                "consumer": self.config.consumer,
-                "entry": json.dumps(message.fields),
-            },
-        )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from codeyard.domain.commands import (
     SendPrompt,
     command_fields,
 )
-from codeyard.domain.errors import WorkerNotFound
+from codeyard.domain.errors import InvalidInput, WorkerNotFound
 from codeyard.domain.streams import StreamMessage, response_stream
 from codeyard.ports.event_bus import EventBus
 
@@ -141,7 +142,7 @@ def rid() -> str:
 # --- valid commands --------------------------------------------------------------------------
 
 
-async def test_valid_commands_get_success_replies_in_order(bus: EventBus) -> None:
+async def test_valid_commands_get_success_replies(bus: EventBus) -> None:
     config, handler = make_config(), RecordingHandler()
     commands: list[AnyCommand] = [
         ListWorkers(request_id=rid()),
@@ -155,7 +156,8 @@ async def test_valid_commands_get_success_replies_in_order(bus: EventBus) -> Non
             await send(bus, config, command)
         replies = [await wait_reply(bus, c.request_id) for c in commands]
         await settled(bus, config)
-    assert handler.ids() == [c.request_id for c in commands]
+    # Handled concurrently: the order between commands is not kept.
+    assert sorted(handler.ids()) == sorted(c.request_id for c in commands)
     for command, reply in zip(commands, replies, strict=True):
         assert reply.ok
         assert reply.result == {"type": command.type, "request_id": command.request_id}
@@ -281,7 +283,7 @@ async def test_garbage_gets_error_replies_or_dead_letters_and_the_service_stays_
         reply = await wait_reply(bus, request_id)
         assert (reply.request_id, reply.error_code) == (request_id, "invalid_command")
     letters = await wait_entries(bus, config.dead_letter_stream, len(dead))
-    assert [entry.fields["id"] for entry in letters] == dead
+    assert sorted(entry.fields["id"] for entry in letters) == sorted(dead)
     assert handler.ids() == [valid.request_id]
     assert await bus.pending_count(config.stream, config.group) == 0
 
@@ -386,3 +388,102 @@ async def test_service_recreates_a_deleted_command_stream(bus: EventBus) -> None
         await settled(bus, config)
     assert reply.ok
     assert handler.ids() == [command.request_id]
+
+
+# --- concurrency -------------------------------------------------------------------------------
+
+
+class GatedHandler:
+    """Each command waits for its own gate; records starts, cancellations and the peak
+    number of commands running at once."""
+
+    def __init__(self) -> None:
+        self.started: defaultdict[str, anyio.Event] = defaultdict(anyio.Event)
+        self.gates: defaultdict[str, anyio.Event] = defaultdict(anyio.Event)
+        self.running = self.peak = self.cancelled = 0
+
+    async def handle(self, command: AnyCommand) -> JsonValue:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        self.started[command.request_id].set()
+        try:
+            await self.gates[command.request_id].wait()
+        except anyio.get_cancelled_exc_class():
+            self.cancelled += 1
+            raise
+        finally:
+            self.running -= 1
+        return command.request_id
+
+    async def wait_started(self, *commands: AnyCommand) -> None:
+        with anyio.fail_after(WAIT_S):
+            for command in commands:
+                await self.started[command.request_id].wait()
+
+
+async def test_slow_commands_run_at_the_same_time_and_answer_out_of_order(bus: EventBus) -> None:
+    # min_idle_s: the handlers block longer than the default test value.
+    config, handler = make_config(min_idle_s=60), GatedHandler()
+    first, second = ListWorkers(request_id=rid()), ListWorkers(request_id=rid())
+    async with serving(bus, handler, config):
+        for command in (first, second):
+            await send(bus, config, command)
+        await handler.wait_started(first, second)  # both running, neither released
+        handler.gates[second.request_id].set()
+        later = await wait_reply(bus, second.request_id)
+        assert await bus.length(first.reply_stream) == 0
+        handler.gates[first.request_id].set()
+        earlier = await wait_reply(bus, first.request_id)
+        await settled(bus, config)
+    assert (earlier.result, later.result) == (first.request_id, second.request_id)
+    assert handler.peak == 2
+
+
+async def test_no_more_than_concurrency_commands_are_taken_at_once(bus: EventBus) -> None:
+    config, handler = make_config(concurrency=2, min_idle_s=60), GatedHandler()
+    commands = [ListWorkers(request_id=rid()) for _ in range(3)]
+    async with serving(bus, handler, config):
+        for command in commands:
+            await send(bus, config, command)
+        await handler.wait_started(*commands[:2])
+        # A negative check needs some time to pass: the third must not start meanwhile.
+        with anyio.move_on_after(0.3):
+            await handler.started[commands[2].request_id].wait()
+        assert not handler.started[commands[2].request_id].is_set()
+        # Not even read: it stays free for another manager to take.
+        assert await bus.pending_count(config.stream, config.group) == 2
+        handler.gates[commands[0].request_id].set()
+        await handler.wait_started(commands[2])
+        for command in commands:
+            handler.gates[command.request_id].set()
+        replies = [await wait_reply(bus, c.request_id) for c in commands]
+        await settled(bus, config)
+    assert all(reply.ok for reply in replies)
+    assert handler.peak == 2
+
+
+async def test_stopping_cancels_every_running_command_and_leaves_them_pending(
+    bus: EventBus,
+) -> None:
+    config, first, second = make_config(), GatedHandler(), RecordingHandler()
+    commands = [GetStatus(request_id=rid(), worker_id=f"w{i}") for i in range(3)]
+    async with serving(bus, first, config):
+        for command in commands:
+            await send(bus, config, command)
+        await first.wait_started(*commands)
+    assert first.cancelled == 3
+    assert await bus.pending_count(config.stream, config.group) == 3
+    for command in commands:
+        assert await bus.length(command.reply_stream) == 0
+    async with serving(bus, second, make_config(stream=config.stream, consumer="next")):
+        replies = [await wait_reply(bus, c.request_id) for c in commands]
+        await settled(bus, config)
+    assert all(reply.ok for reply in replies)
+    assert sorted(second.ids()) == sorted(c.request_id for c in commands)
+
+
+async def test_config_refuses_no_concurrency() -> None:
+    with pytest.raises(InvalidInput):
+        CommandServiceConfig(concurrency=0)
+    with pytest.raises(InvalidInput):
+        CommandServiceConfig(max_forwards=-1)
