@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -63,6 +63,9 @@ class App:
     code_agent: CodeAgent
     #: Migrations applied by this start-up (empty when none were pending or no Postgres).
     migrations_applied: tuple[str, ...] = ()
+    #: The clients opened (``redis_client``, ``postgres_pool``, ``docker_client``), for
+    #: entry points that build more than the ports (the manager's image cache).
+    clients: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,6 +106,7 @@ async def open_app(
             image_cache=container.image_cache(),
             code_agent=container.code_agent(),
             migrations_applied=tuple(applied),
+            clients=clients,
         )
         for name in ("event_bus", "queue", "registry", "runtime", "image_cache", "code_agent"):
             aclose = getattr(getattr(app, name), "aclose", None)

@@ -65,10 +65,13 @@ class Container(containers.DeclarativeContainer):
             owner=settings.provided.owner,
             clock=clock,
             max_concurrency=settings.provided.docker_thread_limit,
+            bridge_tag=settings.provided.docker_bridge_tag,
         ),
     )
-    # Images are built by the Docker image cache of a later issue; until then every
-    # configuration records them in memory.
+    # In memory: images are recorded, never built (runtime=memory, tests). The Docker image
+    # cache needs async set-up (base image bootstrap, wrapper wheel build), which this
+    # container must not do: the serve entrypoint builds it with
+    # codeyard.app.manager.images.docker_worker_images, whose WorkerImages carries it.
     image_cache = providers.Singleton(InMemoryImageCache, clock=clock)
     # The embedded, offline agent; the real CLI adapters arrive with issue #3.
     code_agent = providers.Singleton(ScriptedCodeAgent)

@@ -16,6 +16,7 @@ import re
 import socket
 import types
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, Self, Union, get_args, get_origin
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -31,6 +32,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from codeyard.app.manager.settings import ManagerSettings
 from codeyard.domain.base import validation_errors
 from codeyard.domain.errors import InvalidInput
 
@@ -125,6 +127,13 @@ class Settings(BaseSettings):
     docker_thread_limit: int = Field(
         default=16, ge=1, description="Blocking Docker API calls in flight at once."
     )
+    docker_bridge_tag: str = Field(
+        default="",
+        pattern=r"^[a-z0-9]{0,4}$",
+        description="Goes into the names of the bridge interfaces codeyard's networks create: "
+        "set a different one for each Docker engine that shares a host (tests, a second "
+        "daemon).",
+    )
     owner: str = Field(
         default_factory=_default_owner,
         pattern=NAME_PATTERN,
@@ -143,6 +152,19 @@ class Settings(BaseSettings):
     )
     shutdown_timeout_s: float = Field(
         default=10.0, gt=0, description="Deadline for closing connections on exit."
+    )
+    worker_base_distro: Literal["ubuntu-noble", "debian-bookworm"] = Field(
+        default="ubuntu-noble",
+        description="Distribution of the base every worker image is built on, bootstrapped "
+        "offline as `codeyard-base:<distro>` (Debian is the fallback when Ubuntu fails).",
+    )
+    worker_wheel: Path | None = Field(
+        default=None,
+        description="The codeyard wheel worker images install. Unset: built from the source "
+        "checkout codeyard runs from (required when codeyard is installed from a wheel).",
+    )
+    manager: ManagerSettings = Field(
+        default_factory=ManagerSettings, description="The worker manager (`codeyard serve`)."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="Minimum level logged (case-insensitive)."

@@ -77,6 +77,9 @@ class ContainerSpec(DomainModel):
     """Host TCP ports the container may reach (``network=ALLOWLIST`` only); every other
     host service is firewalled off for EGRESS and ALLOWLIST."""
     mounts: tuple[Mount, ...] = ()
+    extra_hosts: dict[str, str] = Field(default_factory=dict)
+    """Extra ``/etc/hosts`` entries; the value ``host-gateway`` is the host's address as
+    seen from the container (how workers reach host services such as Redis)."""
     read_only_root: bool = False
     cap_drop_all: bool = True
     no_new_privileges: bool = True

@@ -84,6 +84,7 @@ def create_kwargs(
         or ("none" if spec.network is NetworkPolicy.NONE else "bridge"),
         "runtime": spec.runtime,  # checked and completed by runtimes.apply_runtime
         "init": spec.init,
+        "extra_hosts": dict(spec.extra_hosts) or None,
     }
     return {k: v for k, v in kwargs.items() if v is not None}
 

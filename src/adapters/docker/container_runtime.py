@@ -71,6 +71,7 @@ class DockerContainerRuntime:
         owner: str,
         clock: Clock | None = None,
         max_concurrency: int = 16,
+        bridge_tag: str = "",
     ) -> None:
         adapter = getattr(client.api, "_custom_adapter", None)
         pool = getattr(adapter, "max_pool_size", None)
@@ -90,7 +91,9 @@ class DockerContainerRuntime:
         self._clock = clock or SystemClock()
         self._limiter = anyio.CapacityLimiter(max_concurrency)
         self._runtimes: EngineRuntimes | None = None
-        self._networks = DockerNetworks(client, owner=owner, limiter=self._limiter)
+        self._networks = DockerNetworks(
+            client, owner=owner, limiter=self._limiter, bridge_tag=bridge_tag
+        )
         self._stopped: set[str] = set()  # ids/names `stop` was called on, for `reason`
 
     async def _call(

@@ -47,12 +47,20 @@ _BRIDGE_OPTION = "com.docker.network.bridge.name"
 _IPTABLES_TIMEOUT_S = 30.0
 
 
-def network_names(ports: Sequence[int]) -> tuple[str, str]:
-    """(network name, bridge interface name) for a set of allowed host ports."""
+def network_names(ports: Sequence[int], bridge_tag: str = "") -> tuple[str, str]:
+    """(network name, bridge interface name) for a set of allowed host ports.
+
+    ``bridge_tag`` (<= 4 characters) goes into the interface name only: network names are
+    per engine, interface names per host, so two engines on one host need different tags.
+    """
+    digest = hashlib.sha256(_ports_label(ports).encode()).hexdigest()
+    if not bridge_tag:
+        if not ports:
+            return EGRESS_NETWORK, _EGRESS_BRIDGE
+        return f"codeyard-allow-{digest[:10]}", f"cy-a-{digest[:10]}"  # names: <= 15 chars
     if not ports:
-        return EGRESS_NETWORK, _EGRESS_BRIDGE
-    digest = hashlib.sha256(_ports_label(ports).encode()).hexdigest()[:10]
-    return f"codeyard-allow-{digest}", f"cy-a-{digest}"  # interface names: <= 15 chars
+        return EGRESS_NETWORK, f"cy{bridge_tag}-egress"
+    return f"codeyard-allow-{digest[:10]}", f"cy{bridge_tag}-a-{digest[: 10 - len(bridge_tag)]}"
 
 
 def _ports_label(ports: Sequence[int]) -> str:
@@ -154,7 +162,11 @@ class DockerNetworks:
         owner: str,
         limiter: anyio.CapacityLimiter,
         iptables: Iptables | None = None,
+        bridge_tag: str = "",
     ) -> None:
+        if len(bridge_tag) > 4 or not (bridge_tag.isalnum() or not bridge_tag):
+            raise ValueError("bridge_tag: at most 4 letters or digits")
+        self._bridge_tag = bridge_tag
         self._api = client.api
         self._owner = owner
         self._limiter = limiter
@@ -167,7 +179,7 @@ class DockerNetworks:
         if spec.network is NetworkPolicy.NONE:
             return "none"
         ports = spec.allowed_host_ports if spec.network is NetworkPolicy.ALLOWLIST else ()
-        name, bridge = network_names(ports)
+        name, bridge = network_names(ports, self._bridge_tag)
         # Docker checks a network only at start: make sure a remembered one still exists
         # (1.3 ms measured; a full no-op ensure with its iptables checks takes ~9 ms).
         if name in self._ready and await self._run(lambda: self._inspect(name)) is not None:

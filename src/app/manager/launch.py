@@ -1,0 +1,127 @@
+"""From a WorkerSpec to a worker container, and from a dead container to a failed result.
+
+Pure functions (no I/O): the manager, the warm pool and the reconciler share them.
+
+* Every worker container runs ``codeyard worker --standby SLOT``: it waits for a
+  :class:`~codeyard.domain.worker_io.WorkerAssignment` on ``worker:standby:{SLOT}``. A cold
+  create uses the worker id as the slot; a warm-pool container has a ``pool-*`` slot.
+* Network: a worker must reach the event bus (Redis) on the host, so EGRESS and ALLOWLIST
+  both become an ALLOWLIST container network holding the manager's ``host_ports`` plus the
+  spec's ``allowed_hosts`` ports; everything else on the host stays firewalled. NONE is
+  refused: a worker without any network cannot read its input stream.
+* ``allowed_hosts`` name host services: ``PORT`` or ``HOST:PORT`` where HOST is the host
+  itself (``host``, ``localhost``, ``127.0.0.1``, ``host.docker.internal``). Outside hosts
+  need no entry: EGRESS reaches the internet already.
+"""
+
+from __future__ import annotations
+
+from codeyard.domain.agent import AgentResult, ResultStatus
+from codeyard.domain.container import (
+    LABEL_IMAGE_HASH,
+    LABEL_PREFIX,
+    LABEL_WORKER,
+    ContainerInfo,
+    ContainerSpec,
+    ExitReason,
+)
+from codeyard.domain.errors import InvalidRequest
+from codeyard.domain.worker import Module, NetworkPolicy, WorkerSpec
+
+from .config import ManagerConfig
+
+LABEL_ROLE = LABEL_PREFIX + "role"
+ROLE_WORKER = "worker"
+ROLE_STANDBY = "standby"
+_HOST_NAMES = frozenset({"host", "localhost", "127.0.0.1", "host.docker.internal"})
+
+
+def host_ports(allowed_hosts: tuple[str, ...]) -> tuple[int, ...]:
+    """The host ports ``allowed_hosts`` names; InvalidRequest for anything else."""
+    ports: set[int] = set()
+    for entry in allowed_hosts:
+        host, _, port = entry.rpartition(":")
+        if (host and host not in _HOST_NAMES) or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidRequest(
+                "allowed_hosts entries are PORT or HOST:PORT of a host service "
+                f"(HOST one of {', '.join(sorted(_HOST_NAMES))})",
+                entry=entry,
+            )
+        ports.add(int(port))
+    return tuple(sorted(ports))
+
+
+def check_spec(spec: WorkerSpec) -> None:
+    """Refuse what a manager cannot run, before anything is registered or built."""
+    if spec.network is NetworkPolicy.NONE:
+        raise InvalidRequest(
+            "a worker needs the event bus: network=none cannot work; use allowlist",
+            network=spec.network.value,
+        )
+    if spec.secrets:
+        raise InvalidRequest(
+            "secret references need a credential store, which this manager does not have",
+            secrets=[s.name for s in spec.secrets],
+        )
+    host_ports(spec.allowed_hosts)
+
+
+def worker_container_spec(
+    spec: WorkerSpec, *, image: str, image_hash: str, slot: str, config: ManagerConfig
+) -> ContainerSpec:
+    """The container of a worker (or standby slot) for ``spec``."""
+    check_spec(spec)
+    ports = tuple(sorted({*config.host_ports, *host_ports(spec.allowed_hosts)}))
+    role = ROLE_STANDBY if slot.startswith("pool-") else ROLE_WORKER
+    command = (
+        config.worker_executable,
+        "worker",
+        "--standby",
+        slot,
+        "--provider",
+        spec.agent,
+        "--heartbeat-s",
+        f"{config.heartbeat_s:g}",
+        *config.worker_args,
+    )
+    return ContainerSpec(
+        image=image,
+        command=command,
+        env=dict(config.worker_env),
+        labels={**spec.labels, LABEL_WORKER: slot, LABEL_IMAGE_HASH: image_hash, LABEL_ROLE: role},
+        workdir=config.worker_workdir,
+        resources=spec.resources,
+        network=NetworkPolicy.ALLOWLIST if ports else NetworkPolicy.EGRESS,
+        allowed_host_ports=ports,
+        extra_hosts=dict(config.extra_hosts),
+        runtime=spec.runtime,
+        docker_in_docker=Module.DOCKER in spec.modules,
+        allow_insecure_dind=spec.allow_insecure_dind,
+    )
+
+
+def death_reason(info: ContainerInfo | None) -> str:
+    """``container_oom``, ``container_terminated`` (143), ``container_killed`` (137),
+    ``container_exited_<code>``, or ``container_vanished`` when it is gone."""
+    if info is None:
+        return "container_vanished"
+    if info.reason is ExitReason.OOM or (info.oom_killed and info.exit_code == 137):
+        return "container_oom"
+    if info.exit_code == 143:
+        return "container_terminated"
+    if info.exit_code == 137:
+        return "container_killed"
+    return f"container_exited_{info.exit_code}"
+
+
+def death_result(provider: str, info: ContainerInfo | None) -> AgentResult:
+    """The failed result the manager publishes for a worker whose container died."""
+    reason = death_reason(info)
+    code = None if info is None else info.exit_code
+    return AgentResult(
+        status=ResultStatus.ERROR,
+        provider=provider,
+        error=f"the worker container ended unexpectedly ({reason})",
+        terminal_reason=reason,
+        exit_code=code,
+    )

@@ -1,0 +1,142 @@
+"""WarmPool: started standby containers, so a create skips the cold start.
+
+For each template spec (``ManagerConfig.warm_pool_templates``) the pool keeps
+``warm_pool_size`` containers started in standby (``codeyard worker --standby pool-*``: the
+wrapper has imported its agent and connected to Redis, and blocks on its standby stream). A
+create whose spec matches a template in everything that shapes the *container* (image,
+resources, network, runtime, labels; not instructions, allowed commands or env, which the
+assignment carries) takes one: the manager publishes the assignment and the worker is live,
+no ``docker create/start`` on the path. Taking wakes the refill loop.
+
+Pool containers are not workers: they are not in the registry and hold no worker slot.
+After a manager restart the reconciler removes them (label role=standby) and the pool makes
+new ones: an unassigned standby is cheaper to replace than to trust.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from codeyard.domain.container import ContainerInfo
+from codeyard.domain.errors import CodeyardError
+from codeyard.domain.worker import WorkerSpec
+from codeyard.ports.container_runtime import ContainerRuntime
+
+from .config import ManagerConfig, WorkerImageSource
+from .launch import worker_container_spec
+
+log = structlog.get_logger(__name__)
+CLEANUP_DEADLINE_S = 30.0
+
+
+@dataclass(frozen=True)
+class Standby:
+    slot: str
+    container: ContainerInfo
+    image: str
+
+
+def container_key(spec: WorkerSpec, images: WorkerImageSource) -> str:
+    """What must match for a standby container to serve ``spec``."""
+    shape = spec.model_dump(mode="json", exclude={"instructions", "allowed_commands", "env"})
+    shape["image"] = images.key(spec)
+    return json.dumps(shape, sort_keys=True)
+
+
+class WarmPool:
+    def __init__(
+        self, *, config: ManagerConfig, runtime: ContainerRuntime, images: WorkerImageSource
+    ) -> None:
+        self._config = config
+        self._runtime = runtime
+        self._images = images
+        self._ready: dict[str, list[Standby]] = {}
+        self._wake = anyio.Event()
+        #: Every container this pool made and has not handed out or removed.
+        self._mine: set[str] = set()
+        self.retry_s = 5.0
+
+    def holds(self, container_id: str) -> bool:
+        """Whether ``container_id`` is a standby container of this pool, ready or starting."""
+        return container_id in self._mine
+
+    def size(self) -> int:
+        return sum(len(v) for v in self._ready.values())
+
+    def take(self, spec: WorkerSpec) -> Standby | None:
+        """A started standby container for ``spec``, or ``None``."""
+        if not self._config.warm_pool_size or spec.secrets:
+            return None
+        ready = self._ready.get(container_key(spec, self._images))
+        if not ready:
+            return None
+        standby = ready.pop(0)
+        self._mine.discard(standby.container.id)
+        self._wake.set()
+        return standby
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Keep the pool full until cancelled; removes its containers on the way out."""
+        task_status.started()
+        try:
+            while True:
+                self._wake = anyio.Event()
+                try:
+                    await self.fill()
+                except CodeyardError as exc:
+                    log.warning("warm pool refill failed", error=str(exc))
+                    with anyio.move_on_after(self.retry_s):
+                        await anyio.sleep_forever()
+                    continue
+                await self._wake.wait()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_S):
+                await self.drain()
+
+    async def fill(self) -> None:
+        """Start standby containers until every template has ``warm_pool_size`` of them."""
+        for template in self._config.warm_pool_templates:
+            key = container_key(template, self._images)
+            ready = self._ready.setdefault(key, [])
+            missing = self._config.warm_pool_size - len(ready)
+            if missing <= 0:
+                continue
+            image = await self._images.ensure(template)
+            async with anyio.create_task_group() as tg:
+                for _ in range(missing):
+                    tg.start_soon(self._start_one, template, image.tag, image.content_hash, ready)
+
+    async def _start_one(
+        self, template: WorkerSpec, image: str, image_hash: str, ready: list[Standby]
+    ) -> None:
+        slot = "pool-" + uuid.uuid4().hex[:16]
+        spec = worker_container_spec(
+            template, image=image, image_hash=image_hash, slot=slot, config=self._config
+        )
+        info = await self._runtime.create(spec)
+        self._mine.add(info.id)
+        try:
+            await self._runtime.start(info.id)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                self._mine.discard(info.id)
+                await self._runtime.remove(info.id)
+            raise
+        ready.append(Standby(slot=slot, container=info, image=image))
+
+    async def drain(self) -> None:
+        """Remove every standby container not taken."""
+        standbys = [s for ready in self._ready.values() for s in ready]
+        self._ready.clear()
+        for standby in standbys:
+            self._mine.discard(standby.container.id)
+            try:
+                await self._runtime.remove(standby.container.id)
+            except CodeyardError as exc:
+                log.warning("standby not removed", slot=standby.slot, error=str(exc))

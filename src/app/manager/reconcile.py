@@ -1,0 +1,138 @@
+"""Reconciler: the registry's desired state against the containers this owner really has.
+
+Runs at start-up (before commands are served) and then every ``reconcile_interval_s``.
+Only this owner's records (``host``) and containers (label ``dev.codeyard.owner``) count:
+another manager's workers run on another engine and are never touched.
+
+- A live worker whose container runs is adopted: watched again, its slot counted.
+- A live worker whose container has ended or vanished is finished like any death (failed
+  result on its output stream, FAILED, container removed).
+- A STARTING worker with no container yet is a create cut short; the re-delivered create
+  command finishes it. Left alone for ``orphan_grace_s``, then failed.
+- A container no live worker refers to is an orphan: removed once older than
+  ``orphan_grace_s`` (a create may be between ``create`` and recording the id). Standby
+  containers of an earlier run of this manager are removed at once (not pool members now).
+  A container still referenced by a live record is never removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import structlog
+
+from codeyard.domain.container import (
+    LABEL_CREATED,
+    LABEL_OWNER,
+    LABEL_WORKER,
+    ContainerInfo,
+    ContainerState,
+)
+from codeyard.domain.worker import WorkerStatus
+from codeyard.ports.clock import Clock
+from codeyard.ports.container_runtime import ContainerRuntime
+from codeyard.ports.worker_registry import WorkerRegistry
+
+from .config import ManagerConfig
+from .launch import LABEL_ROLE, ROLE_STANDBY
+from .pool import WarmPool
+from .slots import Slots
+from .watcher import WorkerWatcher
+
+log = structlog.get_logger(__name__)
+_ENDED = (ContainerState.EXITED, ContainerState.DEAD)
+
+
+@dataclass
+class ReconcileReport:
+    adopted: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        config: ManagerConfig,
+        registry: WorkerRegistry,
+        runtime: ContainerRuntime,
+        clock: Clock,
+        slots: Slots,
+        watcher: WorkerWatcher,
+        pool: WarmPool | None = None,
+    ) -> None:
+        self._config = config
+        self._registry = registry
+        self._runtime = runtime
+        self._clock = clock
+        self._slots = slots
+        self._watcher = watcher
+        self._pool = pool
+        self._first = True
+
+    async def reconcile(self) -> ReconcileReport:
+        report = ReconcileReport()
+        owner = self._config.owner
+        containers = await self._runtime.list({LABEL_OWNER: owner})
+        by_id = {c.id: c for c in containers}
+        referenced: set[str] = set()
+        now = self._clock.now()
+        for record in await self._registry.list_active():
+            if record.host != owner:
+                continue
+            info = by_id.get(record.container_id) if record.container_id else None
+            if record.container_id is None:
+                # A create cut short; its container, if any, carries the worker id label.
+                made = [c for c in containers if c.labels.get(LABEL_WORKER) == record.worker_id]
+                referenced.update(c.id for c in made)
+                if (now - record.created_at).total_seconds() > self._config.orphan_grace_s:
+                    await self._registry.set_status(
+                        record.worker_id, WorkerStatus.FAILED, error="create never finished"
+                    )
+                    report.failed.append(record.worker_id)
+                continue
+            referenced.add(record.container_id)
+            if info is not None and info.state not in _ENDED:
+                self._slots.adopt(record.worker_id)
+                self._watcher.watch(record)
+                report.adopted.append(record.worker_id)
+            elif record.worker_id not in self._watcher.releasing:
+                await self._watcher.finish(record, info)
+                report.failed.append(record.worker_id)
+        for info in containers:
+            if info.id in referenced or self._in_pool(info):
+                continue
+            if self._first and info.labels.get(LABEL_ROLE) == ROLE_STANDBY:
+                stale = True  # a standby of an earlier run: not in our pool
+            else:
+                stale = self._age_s(info, now) > self._config.orphan_grace_s
+            if stale:
+                await self._runtime.remove(info.id)
+                report.removed.append(info.id)
+        self._first = False
+        if report.adopted or report.failed or report.removed:
+            log.info(
+                "reconciled",
+                adopted=report.adopted,
+                failed=report.failed,
+                removed=report.removed,
+            )
+        return report
+
+    def _in_pool(self, info: ContainerInfo) -> bool:
+        return self._pool is not None and self._pool.holds(info.id)
+
+    @staticmethod
+    def _age_s(info: ContainerInfo, now: datetime) -> float:
+        """Seconds since the runtime created it (its created-at label), else started."""
+        created = info.labels.get(LABEL_CREATED)
+        born: datetime | None = info.started_at
+        if created:
+            with contextlib.suppress(ValueError):
+                born = datetime.fromisoformat(created)
+        if born is None or born.tzinfo is None:
+            return float("inf")
+        return (now - born).total_seconds()

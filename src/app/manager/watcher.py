@@ -1,0 +1,258 @@
+"""WorkerWatcher: turns what workers say and what their containers do into registry state.
+
+Per watched worker, a follower task reads ``worker:{id}:output`` from the start:
+``ready`` -> RUNNING, ``heartbeat`` -> registry heartbeat (at the wrapper's own timestamp,
+so replaying old entries after a manager restart never makes a dead worker look alive),
+``stopped`` -> STOPPED (FAILED when the wrapper says ``failed``). It also remembers the run
+in flight (agent events seen, no result yet), so a death can be reported against that run.
+
+One sweep every ``watch_interval_s`` (one container list for all workers, not a blocking
+``wait`` per container: those would each hold a Docker thread):
+- a watched worker whose container is gone or has exited is finished: exit 0 is the
+  wrapper's clean stop -> STOPPED; anything else publishes a failed result on the output
+  stream (reason from the exit code: OOM, 143, 137, other) and marks it FAILED. Its
+  container is removed, its slot released;
+- active workers of this owner silent for ``heartbeat_timeout_s`` become UNHEALTHY, and
+  the queue job they hold (``task_id``) is failed so it is retried elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+
+from codeyard.domain.container import LABEL_OWNER, ContainerInfo, ContainerState
+from codeyard.domain.errors import CodeyardError
+from codeyard.domain.events import (
+    AgentEvent,
+    EventSequencer,
+    LifecyclePayload,
+    ResultPayload,
+)
+from codeyard.domain.streams import worker_output_stream
+from codeyard.domain.task import JobStatus
+from codeyard.domain.worker import WorkerRecord, WorkerStatus
+from codeyard.domain.worker_io import EVENT_FIELD, TYPE_FIELD
+from codeyard.ports.clock import Clock
+from codeyard.ports.container_runtime import ContainerRuntime
+from codeyard.ports.event_bus import EventBus
+from codeyard.ports.work_queue import WorkQueue
+from codeyard.ports.worker_registry import WorkerRegistry
+
+from .config import ManagerConfig
+from .launch import death_reason, death_result
+from .slots import Slots
+
+log = structlog.get_logger(__name__)
+_ENDED = (ContainerState.EXITED, ContainerState.DEAD)
+
+
+@dataclass
+class _Watch:
+    record: WorkerRecord
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    current_run: str | None = None
+
+
+class WorkerWatcher:
+    def __init__(
+        self,
+        *,
+        config: ManagerConfig,
+        bus: EventBus,
+        registry: WorkerRegistry,
+        runtime: ContainerRuntime,
+        queue: WorkQueue,
+        clock: Clock,
+        slots: Slots,
+    ) -> None:
+        self._config = config
+        self._bus = bus
+        self._registry = registry
+        self._runtime = runtime
+        self._queue = queue
+        self._clock = clock
+        self._slots = slots
+        self._watches: dict[str, _Watch] = {}
+        #: Workers being deleted: their container's end is expected, not a death.
+        self.releasing: set[str] = set()
+        self._tg: TaskGroup | None = None
+
+    def watched(self) -> list[str]:
+        return sorted(self._watches)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            task_status.started()
+            while True:
+                await anyio.sleep(self._config.watch_interval_s)
+                try:
+                    await self.sweep()
+                except CodeyardError as exc:
+                    log.warning("worker sweep failed", error=str(exc))
+
+    def watch(self, record: WorkerRecord) -> None:
+        """Follow ``record``'s worker (idempotent); its container id must be set."""
+        if self._tg is None:
+            msg = "WorkerWatcher.run must be started first"
+            raise RuntimeError(msg)
+        current = self._watches.get(record.worker_id)
+        if current is not None:
+            current.record = record
+            return
+        watch = _Watch(record)
+        self._watches[record.worker_id] = watch
+        self._tg.start_soon(self._follow, watch)
+
+    def unwatch(self, worker_id: str) -> None:
+        watch = self._watches.pop(worker_id, None)
+        if watch is not None:
+            watch.scope.cancel()
+
+    # --- output stream -------------------------------------------------------------------
+
+    async def _follow(self, watch: _Watch) -> None:
+        worker_id = watch.record.worker_id
+        stream = worker_output_stream(worker_id)
+        after = "0-0"
+        with watch.scope:
+            while True:
+                try:
+                    entries = await self._bus.read(stream, after=after, count=100, block_s=1.0)
+                except CodeyardError as exc:
+                    log.warning("output stream unreadable", worker_id=worker_id, error=str(exc))
+                    await anyio.sleep(self._config.watch_interval_s)
+                    continue
+                for entry in entries:
+                    after = entry.id
+                    try:
+                        event = AgentEvent.parse(entry.fields.get(EVENT_FIELD, ""))
+                    except CodeyardError:
+                        continue  # not ours to judge; the client sees it too
+                    try:
+                        await self._on_event(watch, event)
+                    except CodeyardError as exc:
+                        log.warning("worker event not applied", worker_id=worker_id, error=str(exc))
+
+    async def _on_event(self, watch: _Watch, event: AgentEvent) -> None:
+        payload = event.payload
+        worker_id = watch.record.worker_id
+        if event.run_id is not None:
+            is_result = isinstance(payload, ResultPayload)
+            watch.current_run = None if is_result else event.run_id
+            return
+        if not isinstance(payload, LifecyclePayload):
+            return
+        at = _timestamp(payload.detail.get("at"))
+        if payload.state == "ready":
+            record = await self._registry.get(worker_id)
+            if record is not None and record.status in (WorkerStatus.STARTING,):
+                watch.record = await self._registry.set_status(worker_id, WorkerStatus.RUNNING)
+                log.info("worker running", worker_id=worker_id)
+        elif payload.state == "heartbeat":
+            record = await self._registry.get(worker_id)
+            if record is None or record.status.is_terminal:
+                return
+            revive = WorkerStatus.RUNNING if record.status is WorkerStatus.UNHEALTHY else None
+            if at is not None and at <= record.heartbeat_at and revive is None:
+                return  # an old heartbeat replayed
+            watch.record = await self._registry.heartbeat(worker_id, at=at, status=revive)
+        elif payload.state == "stopped":
+            failed = payload.detail.get("reason") == "failed"
+            status = WorkerStatus.FAILED if failed else WorkerStatus.STOPPED
+            record = await self._registry.get(worker_id)
+            if record is not None and not record.status.is_terminal:
+                watch.record = await self._registry.set_status(
+                    worker_id, status, error="the worker wrapper failed" if failed else None
+                )
+
+    # --- sweep ---------------------------------------------------------------------------
+
+    async def sweep(self) -> None:
+        """Check every watched container once, then the heartbeats."""
+        containers = {c.id: c for c in await self._runtime.list({LABEL_OWNER: self._config.owner})}
+        for worker_id, watch in list(self._watches.items()):
+            if worker_id in self.releasing:
+                continue
+            container_id = watch.record.container_id
+            info = containers.get(container_id) if container_id else None
+            if info is None and container_id is not None:
+                with contextlib.suppress(CodeyardError):
+                    info = await self._runtime.inspect(container_id)
+            if info is None or info.state in _ENDED:
+                await self.finish(watch.record, info)
+        await self._check_heartbeats()
+
+    async def finish(self, record: WorkerRecord, info: ContainerInfo | None) -> None:
+        """A worker's container ended (or vanished): report, record, clean up."""
+        worker_id = record.worker_id
+        watch = self._watches.get(worker_id)
+        current = await self._registry.get(worker_id)
+        clean = info is not None and info.exit_code == 0
+        if current is not None and not current.status.is_terminal:
+            if clean:
+                await self._registry.set_status(worker_id, WorkerStatus.STOPPED)
+            else:
+                await self._report_death(record, info, watch.current_run if watch else None)
+        log.info("worker ended", worker_id=worker_id, reason=death_reason(info), clean=clean)
+        if info is not None:
+            await self._runtime.remove(info.id)
+        self.unwatch(worker_id)
+        await self._slots.release(worker_id)
+
+    async def _report_death(
+        self, record: WorkerRecord, info: ContainerInfo | None, run_id: str | None
+    ) -> None:
+        result = death_result(record.spec.agent, info)
+        sequencer = EventSequencer(
+            provider=record.spec.agent, worker_id=record.worker_id, run_id=run_id
+        )
+        event = sequencer.stamp(ResultPayload(result=result))
+        await self._bus.publish(
+            worker_output_stream(record.worker_id),
+            {EVENT_FIELD: event.model_dump_json(), TYPE_FIELD: event.payload.type},
+            maxlen=self._config.output_maxlen,
+        )
+        await self._registry.set_status(
+            record.worker_id, WorkerStatus.FAILED, error=result.terminal_reason
+        )
+        await self._requeue(record, result.terminal_reason or "container died")
+
+    async def _check_heartbeats(self) -> None:
+        limit = self._clock.now() - timedelta(seconds=self._config.heartbeat_timeout_s)
+        for record in await self._registry.stale(limit):
+            if record.host != self._config.owner or record.status is WorkerStatus.UNHEALTHY:
+                continue
+            if record.worker_id in self.releasing:
+                continue
+            log.warning("worker unhealthy: no heartbeat", worker_id=record.worker_id)
+            await self._registry.set_status(
+                record.worker_id, WorkerStatus.UNHEALTHY, error="heartbeat timeout"
+            )
+            await self._requeue(record, "worker unhealthy: heartbeat timeout")
+
+    async def _requeue(self, record: WorkerRecord, error: str) -> None:
+        """Give the queue job the worker held back to the queue (retry or dead letter)."""
+        if record.task_id is None:
+            return
+        job = await self._queue.get(record.task_id)
+        if job is None or job.status is not JobStatus.RUNNING or job.lease_owner is None:
+            return
+        with contextlib.suppress(CodeyardError):  # the lease moved on meanwhile: fine
+            await self._queue.fail(job.id, job.lease_owner, error=error)
+
+
+def _timestamp(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
