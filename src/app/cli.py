@@ -183,18 +183,34 @@ def demo(
 @app.command()
 def worker(
     *,
-    worker_id: Annotated[str, typer.Option("--worker-id", help="This worker's id.")],
+    worker_id: Annotated[
+        str | None, typer.Option("--worker-id", help="Serve as this worker at once.")
+    ] = None,
+    standby: Annotated[
+        str | None,
+        typer.Option(
+            "--standby",
+            metavar="SLOT",
+            help="Wait for an assignment on worker:standby:SLOT, then serve as its worker.",
+        ),
+    ] = None,
     provider: Annotated[str, typer.Option(help="Agent provider (claude, codex, ...).")] = "claude",
     workdir: Annotated[
         Path, typer.Option(help="Where the agent works (default: current directory).")
     ] = Path(),
     home: Annotated[
         Path | None,
-        typer.Option(help="The agent CLI's private HOME (default: ~/.codeyard/workers/ID)."),
+        typer.Option(
+            help="The agent CLI's private HOME (default: ~/.codeyard/workers/ID, "
+            "or ~/.codeyard/workers/standby-SLOT)."
+        ),
     ] = None,
     instructions_file: Annotated[
         Path | None,
-        typer.Option(help="Instructions copied to CLAUDE.md / GEMINI.md / AGENTS.md."),
+        typer.Option(
+            help="Instructions copied to CLAUDE.md / GEMINI.md / AGENTS.md (--worker-id only; "
+            "a standby worker gets them from its assignment)."
+        ),
     ] = None,
     heartbeat_s: Annotated[float, typer.Option(min=0.01, help="Heartbeat interval.")] = 10.0,
     agent_binary: Annotated[
@@ -209,11 +225,22 @@ def worker(
     """Serve a worker's input stream with an agent CLI (runs inside the worker container).
 
     Prompts are read from worker:<ID>:input, events written to worker:<ID>:output (Redis, from
-    the CODEYARD_* settings); ends on a {"type": "stop"} message, SIGTERM or SIGINT.
+    the CODEYARD_* settings); ends on a {"type": "stop"} message, SIGTERM or SIGINT. With
+    --standby the worker id, instructions, env and allowed commands come from the assignment
+    published on worker:standby:<SLOT>; a signal before it arrives exits quietly (code 0).
     """
     from codeyard.app.worker_agent import AgentOptions  # noqa: PLC0415 - see module doc
     from codeyard.app.worker_main import WorkerConfig, run_worker  # noqa: PLC0415
 
+    if (worker_id is None) == (standby is None):
+        raise typer.BadParameter(
+            "give exactly one of --worker-id and --standby", param_hint="--worker-id/--standby"
+        )
+    if standby is not None and instructions_file is not None:
+        raise typer.BadParameter(
+            "a standby worker gets its instructions from its assignment",
+            param_hint="--instructions-file",
+        )
     api_key = None
     if api_key_env is not None:
         api_key = os.environ.get(api_key_env)
@@ -222,11 +249,13 @@ def worker(
     instructions = None
     if instructions_file is not None:
         instructions = instructions_file.read_text(encoding="utf-8")
+    default_home = worker_id if worker_id is not None else f"standby-{standby}"
     config = WorkerConfig(
         worker_id=worker_id,
+        standby_slot=standby,
         provider=provider,
         workdir=workdir.resolve(),
-        home=(home or Path.home() / ".codeyard" / "workers" / worker_id).resolve(),
+        home=(home or Path.home() / ".codeyard" / "workers" / default_home).resolve(),
         instructions=instructions,
         heartbeat_s=heartbeat_s,
         agent=AgentOptions(binary=agent_binary, base_url=base_url, api_key=api_key),
@@ -237,6 +266,35 @@ def worker(
     except InvalidInput as exc:
         _err().print(f"[bold red]cannot start the worker:[/] {exc}", highlight=False)
         raise typer.Exit(2) from exc
+
+
+@app.command()
+def serve() -> None:
+    """Run the worker manager: consume worker:commands, spawn and watch workers.
+
+    Configured by the CODEYARD_* settings (Redis event bus required; Postgres for a durable
+    registry shared by several managers). Stops on SIGTERM/SIGINT; workers keep running and
+    are adopted by the next start.
+    """
+    from codeyard.app.manager.serve import serve as run_serve  # noqa: PLC0415 - see module doc
+    from codeyard.domain.errors import CodeyardError  # noqa: PLC0415
+
+    settings = _settings()
+    if settings.backends.event_bus != "redis":
+        _err().print(
+            "[bold red]serve needs a shared event bus:[/] set "
+            f"{env_var_name('backends', 'event_bus')}=redis and {env_var_name('redis_url')}",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    try:
+        anyio.run(run_serve, settings)
+    except InvalidInput as exc:
+        _err().print(f"[bold red]cannot start the manager:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from exc
+    except CodeyardError as exc:
+        _err().print(f"[bold red]manager stopped:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
 
 
 def main() -> None:

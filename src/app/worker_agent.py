@@ -7,6 +7,10 @@ for the CLI providers whose options are a dataclass with ``binary``, ``base_url`
 Other providers (opencode, plugins) come from the registry unchanged and refuse options
 they cannot take, rather than ignoring them.
 
+``path`` (the CLI's ``PATH``) is how a worker's ``allowed_commands`` shim reaches the
+specs that take options (see :mod:`codeyard.app.command_shim`); the others get it through
+the request env.
+
 The CLI runs as a local subprocess of the worker (inside the worker container in
 production), with ``home`` as its private HOME: sessions live there, so multi-turn resume
 needs the same home for the worker's whole life.
@@ -35,6 +39,15 @@ _CONFIGURABLE: dict[str, tuple[str, str, str]] = {
 }
 
 
+#: Providers whose adapter enforces ``AgentRequest.allowed_commands`` itself (the others
+#: refuse a request carrying it): claude ``--allowedTools``, droid ``commandAllowlist``,
+#: opencode session permission rules.
+NATIVE_ALLOWLIST: frozenset[str] = frozenset({"claude", "droid", "opencode"})
+
+#: The executable of the providers the registry builds (not configurable here).
+_REGISTRY_BINARIES: dict[str, str] = {"opencode": "opencode", "opencode-run": "opencode"}
+
+
 @dataclass(frozen=True)
 class AgentOptions:
     """Where the CLI is and which model API it uses; ``None`` keeps the spec's default."""
@@ -42,6 +55,8 @@ class AgentOptions:
     binary: str | None = None
     base_url: str | None = None
     api_key: str | None = dataclasses.field(default=None, repr=False)
+    #: The CLI's whole ``PATH`` (a command shim); ``None`` keeps the spec's default.
+    path: str | None = None
 
     def overrides(self) -> dict[str, str]:
         return {
@@ -50,9 +65,29 @@ class AgentOptions:
                 ("binary", self.binary),
                 ("base_url", self.base_url),
                 ("api_key", self.api_key),
+                ("path", self.path),
             )
             if value is not None
         }
+
+
+def takes_options(provider: str) -> bool:
+    """True when :func:`build_agent` can apply :class:`AgentOptions` to ``provider``."""
+    return provider in _CONFIGURABLE
+
+
+def agent_executable(provider: str, options: AgentOptions) -> str | None:
+    """The executable the agent for ``provider`` runs (``options.binary`` or the spec's
+    default name), ``None`` for a provider this module does not know."""
+    if options.binary is not None:
+        return options.binary
+    configurable = _CONFIGURABLE.get(provider)
+    if configurable is None:
+        return _REGISTRY_BINARIES.get(provider)
+    module_name, _, options_name = configurable
+    module: Any = importlib.import_module(module_name)
+    default: object = getattr(module, options_name)().binary
+    return default if isinstance(default, str) else None
 
 
 def build_agent(provider: str, options: AgentOptions, *, home: Path) -> CodeAgent:
@@ -63,7 +98,7 @@ def build_agent(provider: str, options: AgentOptions, *, home: Path) -> CodeAgen
     if configurable is None:
         if overrides:
             raise InvalidInput(
-                "agent binary/base URL/API key options are not supported for this provider",
+                "agent binary/base URL/API key/PATH options are not supported for this provider",
                 provider=provider,
                 supported=sorted(_CONFIGURABLE),
             )

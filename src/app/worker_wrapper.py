@@ -18,6 +18,10 @@ from ``worker:{id}:output``; the manager is not in the path. Decisions:
   does not replay handled prompts. An entry is ACKed once its terminal event is published
   (the turn's result, or the error event of a malformed entry); entries left pending by a
   crashed predecessor are claimed and run again first (at-least-once per prompt).
+* **Worker-wide request settings** (a standby worker's assignment): ``base_env`` is under
+  every turn's ``env`` (the prompt's ``env`` wins), ``pinned_env`` over it (the PATH of an
+  ``allowed_commands`` shim, which no prompt may widen), ``allowed_commands`` goes into
+  every request.
 * **Multi-turn**: every turn resumes the session id of the last result that reported one.
 * **Cancellation** (SIGTERM, the manager stopping the worker) mid-turn publishes a
   ``cancelled`` result for that turn and ACKs it, then ``stopped``, inside a shielded
@@ -29,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 import anyio
@@ -98,6 +103,9 @@ class WorkerWrapper:
         heartbeat_s: float = 10.0,
         consumer: str | None = None,
         poll_s: float = 1.0,
+        base_env: Mapping[str, str] | None = None,
+        pinned_env: Mapping[str, str] | None = None,
+        allowed_commands: tuple[str, ...] = (),
     ) -> None:
         if heartbeat_s <= 0 or poll_s <= 0:
             msg = "heartbeat_s and poll_s must be > 0"
@@ -112,6 +120,9 @@ class WorkerWrapper:
         self._heartbeat_s = heartbeat_s
         self._consumer = consumer or default_consumer()
         self._poll_s = poll_s
+        self._base_env = dict(base_env or {})
+        self._pinned_env = dict(pinned_env or {})
+        self._allowed_commands = allowed_commands
         self._input = worker_input_stream(worker_id)
         self._output = worker_output_stream(worker_id)
         self._own = EventSequencer(provider=provider, worker_id=worker_id)
@@ -251,7 +262,8 @@ class WorkerWrapper:
             workdir=str(self._workdir),
             worker_id=self.worker_id,
             session_id=self.session_id,
-            env=dict(message.env),
+            env={**self._base_env, **message.env, **self._pinned_env},
+            allowed_commands=self._allowed_commands,
             **options,
         )
 
@@ -298,9 +310,10 @@ class WorkerWrapper:
         await self._bus.publish(self._output, fields)
 
     def _write_instructions(self) -> None:
+        # The workdir too, instructions or not: every turn runs there.
+        self._workdir.mkdir(parents=True, exist_ok=True)
         if self._instructions is None:
             return
-        self._workdir.mkdir(parents=True, exist_ok=True)
         (self._workdir / instructions_file(self._provider)).write_text(
             self._instructions, encoding="utf-8"
         )
