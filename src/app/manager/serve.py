@@ -1,0 +1,175 @@
+"""``codeyard serve``: one worker-manager process.
+
+Start-up: open the clients (:func:`~codeyard.app.bootstrap.open_app`), get the worker
+images ready (Docker: base image, wrapper wheel, image cache; first run takes minutes),
+start the watcher, reconcile once (adopt this owner's live workers, fail vanished ones,
+remove orphans) and only then consume commands: from the shared ``worker:commands`` and
+from this owner's own stream, where other managers forward commands about its workers.
+Then in the background: the warm pool, periodic reconciliation.
+
+Stopping (SIGTERM, SIGINT, cancellation): command handling stops (entries in flight stay
+pending, for this or another manager), the warm pool removes its standby containers, and
+the workers keep running: they belong to the registry, and the next start adopts them.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from codeyard.adapters.memory.image_cache import InMemoryImageCache
+from codeyard.adapters.redis.image_usage import RedisImageUsage
+from codeyard.app.bootstrap import App, open_app
+from codeyard.app.command_service import CommandService, CommandServiceConfig
+from codeyard.app.settings import Settings
+from codeyard.domain.errors import CodeyardError
+from codeyard.domain.streams import owner_commands_stream
+
+from .config import ManagerConfig, WorkerImageSource
+from .handler import WorkerManager
+from .images import WorkerImages, docker_worker_images
+from .pool import WarmPool
+from .reconcile import Reconciler
+from .settings import manager_config
+from .slots import Slots
+from .watcher import WorkerWatcher
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Manager:
+    """The parts of a running manager (tests and embedders look inside)."""
+
+    config: ManagerConfig
+    app: App
+    handler: WorkerManager
+    watcher: WorkerWatcher
+    pool: WarmPool
+    reconciler: Reconciler
+    slots: Slots
+
+
+async def worker_images(settings: Settings, app: App) -> WorkerImageSource:
+    """Docker: the real image cache (Redis ledger when Redis is there); else in memory."""
+    if settings.backends.runtime != "docker":
+        return WorkerImages(
+            InMemoryImageCache(clock=app.clock),
+            base_image="codeyard-base:memory",
+            wrapper_hash="memory",
+            ca_certs_hash="",
+        )
+    usage = RedisImageUsage(app.clients["redis_client"])
+    return await docker_worker_images(
+        settings, app.clients["docker_client"], usage=usage, clock=app.clock
+    )
+
+
+def build_manager(app: App, config: ManagerConfig, images: WorkerImageSource) -> Manager:
+    slots = Slots(config.max_workers)
+    runtime, registry, clock = app.runtime, app.registry, app.clock
+    watcher = WorkerWatcher(
+        config=config,
+        bus=app.event_bus,
+        registry=registry,
+        runtime=runtime,
+        queue=app.queue,
+        clock=clock,
+        slots=slots,
+    )
+    pool = WarmPool(config=config, runtime=runtime, images=images)
+    handler = WorkerManager(
+        config=config,
+        bus=app.event_bus,
+        registry=registry,
+        runtime=runtime,
+        images=images,
+        clock=clock,
+        slots=slots,
+        watcher=watcher,
+        pool=pool,
+    )
+    reconciler = Reconciler(
+        config=config,
+        registry=registry,
+        runtime=runtime,
+        clock=clock,
+        slots=slots,
+        watcher=watcher,
+        pool=pool,
+    )
+    return Manager(config, app, handler, watcher, pool, reconciler, slots)
+
+
+async def run_manager(
+    manager: Manager,
+    *,
+    concurrency: int = 16,
+    task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve commands until cancelled (see the module docstring)."""
+    config, bus = manager.config, manager.app.event_bus
+    async with anyio.create_task_group() as tg:
+        await tg.start(manager.watcher.run)
+        await manager.reconciler.reconcile()
+        for stream in ("worker:commands", owner_commands_stream(config.owner)):
+            service = CommandService(
+                bus,
+                manager.handler,
+                CommandServiceConfig(
+                    stream=stream, concurrency=concurrency, min_idle_s=_min_idle_s(config)
+                ),
+            )
+            await tg.start(service.run)
+        await tg.start(manager.pool.run)
+        tg.start_soon(_reconcile_loop, manager)
+        log.info("worker manager serving", owner=config.owner, max_workers=config.max_workers)
+        task_status.started()
+
+
+def _min_idle_s(config: ManagerConfig) -> float:
+    # A command pending this long is taken over from its (presumed dead) manager; a create
+    # may wait create_timeout_s for a slot, so the takeover must wait longer than that.
+    return max(60.0, config.create_timeout_s + 30.0)
+
+
+async def _reconcile_loop(manager: Manager) -> None:
+    while True:
+        await anyio.sleep(manager.config.reconcile_interval_s)
+        try:
+            await manager.reconciler.reconcile()
+        except CodeyardError as exc:
+            log.warning("reconcile failed", error=str(exc))
+
+
+async def serve(
+    settings: Settings,
+    *,
+    on_ready: Callable[[Manager], Awaitable[None]] | None = None,
+) -> None:
+    """Run a manager from ``settings`` until SIGTERM/SIGINT."""
+    async with open_app(settings) as app:
+        images = await worker_images(settings, app)
+        manager = build_manager(app, manager_config(settings), images)
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for signum in signals:
+                        log.info("worker manager stopping", signal=signum)
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(stop_on_signal)
+            await tg.start(
+                lambda task_status: run_manager(
+                    manager, concurrency=settings.manager.concurrency, task_status=task_status
+                )
+            )
+            if on_ready is not None:
+                await on_ready(manager)
