@@ -110,6 +110,7 @@ async def run_manager(
     manager: Manager,
     *,
     concurrency: int = 16,
+    takeover_s: float = 180.0,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve commands until cancelled (see the module docstring)."""
@@ -121,21 +122,13 @@ async def run_manager(
             service = CommandService(
                 bus,
                 manager.handler,
-                CommandServiceConfig(
-                    stream=stream, concurrency=concurrency, min_idle_s=_min_idle_s(config)
-                ),
+                CommandServiceConfig(stream=stream, concurrency=concurrency, min_idle_s=takeover_s),
             )
             await tg.start(service.run)
         await tg.start(manager.pool.run)
         tg.start_soon(_reconcile_loop, manager)
         log.info("worker manager serving", owner=config.owner, max_workers=config.max_workers)
         task_status.started()
-
-
-def _min_idle_s(config: ManagerConfig) -> float:
-    # A command pending this long is taken over from its (presumed dead) manager; a create
-    # may wait create_timeout_s for a slot, so the takeover must wait longer than that.
-    return max(60.0, config.create_timeout_s + 30.0)
 
 
 async def _reconcile_loop(manager: Manager) -> None:
@@ -168,7 +161,10 @@ async def serve(
             tg.start_soon(stop_on_signal)
             await tg.start(
                 lambda task_status: run_manager(
-                    manager, concurrency=settings.manager.concurrency, task_status=task_status
+                    manager,
+                    concurrency=settings.manager.concurrency,
+                    takeover_s=settings.manager.takeover_s,
+                    task_status=task_status,
                 )
             )
             if on_ready is not None:

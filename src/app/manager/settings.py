@@ -69,6 +69,13 @@ class ManagerSettings(BaseModel):
         default=2.0, gt=0, description="How often worker containers are checked for death."
     )
     concurrency: int = Field(default=16, ge=1, description="Commands handled at once.")
+    takeover_s: float = Field(
+        default=180.0,
+        gt=0,
+        description="A command pending this long on a manager that went silent is taken "
+        "over by another (or by its own restart). Keep it above `create_timeout_s` plus a "
+        "typical image build, or a slow create runs twice (creates are idempotent).",
+    )
 
 
 def container_url(url: str, *, setting: str) -> tuple[str, int | None]:
