@@ -101,9 +101,8 @@ async def serving(env: dict[str, str], log: Path, *, ready: bool = True) -> Asyn
 
 
 def owned_containers(client: docker.DockerClient, owner: str) -> list[str]:
-    return [
-        c.id for c in client.containers.list(all=True, filters={"label": f"{LABEL_OWNER}={owner}"})
-    ]
+    found = client.containers.list(all=True, filters={"label": f"{LABEL_OWNER}={owner}"})
+    return [str(c.id) for c in found]
 
 
 def remove_owned(client: docker.DockerClient, owner: str) -> None:
