@@ -261,7 +261,7 @@ class WorkerWrapper:
             provider=self._provider,
             workdir=str(self._workdir),
             worker_id=self.worker_id,
-            session_id=self.session_id,
+            session_id=None if message.new_session else self.session_id,
             env={**self._base_env, **message.env, **self._pinned_env},
             allowed_commands=self._allowed_commands,
             **options,

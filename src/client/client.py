@@ -151,9 +151,8 @@ class CodeyardClient:
         """Queue a prompt for the worker; its events carry ``run_id = request_id``.
 
         By default the :class:`WorkerInput` goes straight to ``worker:{id}:input`` (the
-        manager is not in the path, so an unknown worker is not detected). A worker input
-        cannot ask for a new session, so ``new_session=True`` needs ``via_manager=True``,
-        which sends a :class:`SendPrompt` command instead.
+        manager is not in the path, so an unknown worker is not detected); ``via_manager``
+        sends a :class:`SendPrompt` command instead, which checks the worker exists.
         """
         rid = request_id or new_request_id()
         if via_manager:
@@ -167,14 +166,17 @@ class CodeyardClient:
                 max_turns=max_turns,
             )
             return SendResult.parse(_object(await self.call(command)))
-        if new_session:
-            raise InvalidRequest("new_session needs via_manager=True", worker_id=worker_id)
         if timeout_s is not None and timeout_s <= 0:
             raise InvalidTimeout("timeout_s must be > 0", timeout_s=timeout_s)
         if not prompt.strip():
             raise InvalidRequest("prompt must not be empty", request_id=rid)
         message = WorkerInput(
-            prompt=prompt, request_id=rid, model=model, timeout_s=timeout_s, max_turns=max_turns
+            prompt=prompt,
+            request_id=rid,
+            model=model,
+            timeout_s=timeout_s,
+            max_turns=max_turns,
+            new_session=new_session,
         )
         stream = worker_input_stream(_worker(worker_id))
         entry_id = await self._bus.publish(stream, {INPUT_FIELD: message.model_dump_json()})

@@ -30,8 +30,8 @@ class InvalidWorkerInput(InvalidInput):
 class WorkerInput(DomainModel):
     """One prompt for the worker's agent. Unset options keep the agent's defaults.
 
-    The turn resumes the session of the worker's previous turn (multi-turn), so a prompt
-    names no session itself.
+    The turn resumes the session of the worker's previous turn (multi-turn) unless
+    ``new_session``; a prompt names no session itself.
     """
 
     type: Literal["prompt"] = "prompt"
@@ -42,6 +42,8 @@ class WorkerInput(DomainModel):
     model: str | None = None
     max_turns: int | None = Field(default=None, ge=1)
     env: dict[str, str] = Field(default_factory=dict)
+    #: Start a fresh session instead of resuming the previous turn's.
+    new_session: bool = False
 
 
 class WorkerStop(DomainModel):

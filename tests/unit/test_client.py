@@ -118,7 +118,7 @@ async def test_invalid_arguments_fail_before_publishing(bus: InMemoryEventBus) -
     with pytest.raises(InvalidName):
         await client.send("bad/id", "hi")
     with pytest.raises(InvalidRequest):
-        await client.send("w-1", "hi", new_session=True)
+        await client.send("w-1", "   ")
     assert await bus.length(COMMANDS_STREAM) == 0
 
 

@@ -171,13 +171,16 @@ async def test_second_prompt_resumes_the_first_session(tmp_path: Path) -> None:
         first = await h.wait_for(lambda ev: len(results(ev)) == 1)
         await h.send({"prompt": "second"})
         await h.wait_for(lambda ev: len(results(ev)) == 2)
+        await h.send({"prompt": "third, from scratch", "new_session": True})
+        await h.wait_for(lambda ev: len(results(ev)) == 3)
     session = next(e.payload.session_id for e in first if isinstance(e.payload, InitPayload))
     assert session
     assert seen[0].session_id is None
     assert (seen[0].model, seen[0].max_turns, seen[0].env) == ("m1", 3, {"A": "1"})
     assert seen[0].workdir == str(tmp_path / "work")
     assert seen[1].session_id == session
-    assert h.wrapper.session_id == session
+    assert seen[2].session_id is None  # new_session: not resumed
+    assert h.wrapper.session_id not in (None, session)  # the fresh session is the one kept
 
 
 @pytest.mark.parametrize(

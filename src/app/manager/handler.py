@@ -298,6 +298,7 @@ class WorkerManager:
             model=command.model,
             timeout_s=command.timeout_s,
             max_turns=command.max_turns,
+            new_session=command.new_session,
         )
         entry_id = await self._bus.publish(
             worker_input_stream(record.worker_id), {INPUT_FIELD: message.model_dump_json()}
