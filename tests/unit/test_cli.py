@@ -59,6 +59,25 @@ def test_invalid_configuration_exits_2_naming_the_variable() -> None:
     assert "CODEYARD_BACKENDS__QUEUE" in result.stderr
 
 
+def test_serve_needs_a_redis_event_bus() -> None:
+    result = runner.invoke(app, ["serve"], env=WIDE)
+    assert result.exit_code == 2
+    assert "CODEYARD_BACKENDS__EVENT_BUS=redis" in result.stderr
+
+
+@pytest.mark.timeout(60)
+def test_serve_exits_1_when_redis_is_unreachable_without_leaking_the_password() -> None:
+    env = {
+        **WIDE,
+        "CODEYARD_BACKENDS__EVENT_BUS": "redis",
+        "CODEYARD_REDIS_URL": f"redis://:secret@127.0.0.1:{free_port()}/0",
+    }
+    result = runner.invoke(app, ["serve"], env=env)
+    assert result.exit_code == 1, result.output
+    assert "Redis unreachable" in result.stderr
+    assert "secret" not in result.output
+
+
 @pytest.mark.timeout(60)
 def test_doctor_fails_when_the_selected_redis_is_unreachable() -> None:
     env = {
