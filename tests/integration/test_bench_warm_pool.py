@@ -1,0 +1,69 @@
+"""bench/warm_pool.py in ``--smoke`` mode (2 repetitions): it runs end to end on real Docker
+and Redis, writes its JSON and summary line, and a warm-pool claim beats a cold create.
+
+The margin asserted is the cold path's container create + start + wrapper boot (~1 s on a
+laptop) against a claim (tens of ms), so it holds on a loaded machine; the timings
+themselves are the bench's business, not this test's. The first run on a checkout builds
+the claude worker image (minutes; seconds when the layer cache is warm), hence the timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests import services
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "warm_pool.py"
+STEPS = ("ready", "agent_started", "result")
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_warm_pool_bench_runs_and_warm_beats_cold(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    if services.find_redis_server() is None:
+        services.service_unavailable("Redis", "the redis-server binary is not installed")
+    if shutil.which("docker") is None:
+        services.service_unavailable("the docker CLI", "not on PATH (the bench's floor uses it)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEYARD_")}
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--smoke", "--out-dir", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=880,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    result = json.loads((tmp_path / "warm_pool.json").read_text())
+    assert result["repetitions"] == 2
+    for kind in ("cold", "warm"):
+        for step in STEPS:
+            figures = result[kind][step]
+            assert len(figures["samples_ms"]) == 2
+            assert 0 <= figures["p50_ms"] <= figures["p95_ms"] < 120_000, (kind, step, figures)
+        # Steps happen in order within each sample.
+        for ready, started, finished in zip(
+            *(result[kind][step]["samples_ms"] for step in STEPS), strict=True
+        ):
+            assert ready <= started <= finished, (kind, result[kind])
+    assert 0 < result["docker_run_rm_floor"]["p50_ms"] < 120_000
+    for step in STEPS:
+        assert result["warm"][step]["p50_ms"] < result["cold"][step]["p50_ms"], (step, result)
+    summary = (tmp_path / "summary.md").read_text().splitlines()
+    assert len(summary) == 1
+    assert summary[0].startswith("- ")
+    assert "warm_pool n=2" in summary[0]
