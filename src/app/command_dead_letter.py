@@ -46,6 +46,8 @@ class DeadLetters:
     stream: str
     consumer: str
     max_deliveries: int
+    #: Dead letters kept (approximately: Redis trims whole nodes); ``None``: unbounded.
+    maxlen: int | None = 10_000
 
     async def dead_letter(self, message: StreamMessage, reason: str) -> None:
         """Publish ``message`` (its fields as JSON, where it came from, why)."""
@@ -60,6 +62,7 @@ class DeadLetters:
                 "consumer": self.consumer,
                 "entry": json.dumps(message.fields),
             },
+            maxlen=self.maxlen,
         )
 
     async def poison(self, message: StreamMessage) -> None:

@@ -22,6 +22,12 @@ running again. The one window left is a crash after the handler's effect (or a f
 and before the reply (or the ACK): handlers close it by being idempotent per request (a
 create carries or derives its worker id; a delete of a deleted worker succeeds), and a
 command forwarded twice is answered once by its target, whose reply check skips the copy.
+Trimming: the reclaim loop trims the command stream (``trim_acked``) at most every
+``trim_interval_s``; the bus removes only entries the group is done with, never a pending
+one, so a dead consumer's entry survives until it is reclaimed and ACKed. A failed trim is
+logged and retried at the next interval. The dead-letter stream is capped at
+``dead_letter_maxlen`` entries.
+
 Two processes never run one entry at the same time as long as ``min_idle_s`` exceeds the
 longest handler run; within a process an in-flight set keeps the reclaim loop off entries
 already being handled.
@@ -33,6 +39,7 @@ adapter, and nothing outside ``codeyard.app`` needs to name it.
 
 from __future__ import annotations
 
+import collections
 import os
 import socket
 from collections.abc import Mapping
@@ -60,6 +67,8 @@ log = structlog.get_logger(__name__)
 
 #: Entry field counting how many times an entry was forwarded (absent: never).
 FORWARDED_FIELD = "forwarded"
+#: How many finished entry ids a service remembers (see ``CommandService._done``).
+_DONE_MEMORY = 10_000
 
 
 @dataclass(frozen=True)
@@ -110,6 +119,10 @@ class CommandServiceConfig:
     concurrency: int = 16
     #: A command its handler wants forwarded more often than this gets a ForwardLoop reply.
     max_forwards: int = 3
+    #: Seconds between trims of ACKed entries off the command stream; 0 disables trimming.
+    trim_interval_s: float = 30.0
+    #: Dead letters kept (approximate trimming); ``None``: unbounded.
+    dead_letter_maxlen: int | None = 10_000
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.max_forwards < 0:
@@ -117,6 +130,14 @@ class CommandServiceConfig:
                 "concurrency must be >= 1 and max_forwards >= 0",
                 concurrency=self.concurrency,
                 max_forwards=self.max_forwards,
+            )
+        if self.trim_interval_s < 0 or (
+            self.dead_letter_maxlen is not None and self.dead_letter_maxlen < 1
+        ):
+            raise InvalidInput(
+                "trim_interval_s must be >= 0 and dead_letter_maxlen >= 1",
+                trim_interval_s=self.trim_interval_s,
+                dead_letter_maxlen=self.dead_letter_maxlen,
             )
 
 
@@ -151,10 +172,17 @@ class CommandService:
         self._bus = bus
         self._handler = handler
         self.config = cfg = config or CommandServiceConfig()
-        self._dead = DeadLetters(bus, cfg.dead_letter_stream, cfg.consumer, cfg.max_deliveries)
+        self._dead = DeadLetters(
+            bus, cfg.dead_letter_stream, cfg.consumer, cfg.max_deliveries, cfg.dead_letter_maxlen
+        )
         self._slots = _Slots(cfg.concurrency)
         # Entry ids this process is handling now: the reclaim loop must not run them twice.
         self._in_flight: set[str] = set()
+        # Entry ids this process finished lately. A reclaim pass can claim an entry on the
+        # server just before its handler here ACKs it; without this it would run again
+        # (harmless for replies, which are checked, but a dead letter would be doubled).
+        self._done: collections.deque[str] = collections.deque(maxlen=_DONE_MEMORY)
+        self._done_set: set[str] = set()
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled. Cancellation cancels the handlers running; their entries
@@ -192,12 +220,31 @@ class CommandService:
             self._start(tg, message)
 
     async def _reclaim_loop(self) -> None:
+        interval = self.config.trim_interval_s
+        # The first trim waits a full interval: right after start nothing new was ACKed.
+        next_trim = anyio.current_time() + interval
         while True:
             try:
                 await self.reclaim_once()
             except CodeyardError as exc:
                 await self._recover(exc)
+            if interval > 0 and anyio.current_time() >= next_trim:
+                await self.trim_once()
+                next_trim = anyio.current_time() + interval
             await anyio.sleep(self.config.reclaim_interval_s)
+
+    async def trim_once(self) -> int:
+        """Trim ACKed entries off the command stream; how many went. Never raises for a
+        failed trim (logged): trimming only saves memory, the next interval retries."""
+        cfg = self.config
+        try:
+            removed = await self._bus.trim_acked(cfg.stream, cfg.group)
+        except Exception:  # not BaseException: cancellation always propagates
+            log.warning("command stream trim failed", stream=cfg.stream, exc_info=True)
+            return 0
+        if removed:
+            log.debug("command stream trimmed", stream=cfg.stream, removed=removed)
+        return removed
 
     async def _recover(self, exc: CodeyardError) -> None:
         """After a failed read or claim: recreate a deleted group, else back off."""
@@ -239,7 +286,11 @@ class CommandService:
                     break
                 if page.deleted_ids:  # trimmed before anyone ACKed them: nothing left to run
                     log.warning("pending commands were trimmed", ids=list(page.deleted_ids))
-                fresh = [m for m in page.messages if m.id not in self._in_flight]
+                fresh = [
+                    m
+                    for m in page.messages
+                    if m.id not in self._in_flight and m.id not in self._done_set
+                ]
                 self._slots.give_back(held - len(fresh))
                 for message in fresh:
                     self._start(tg, message)
@@ -253,6 +304,12 @@ class CommandService:
 
     # --- one entry -------------------------------------------------------------------------
 
+    def _remember_done(self, entry_id: str) -> None:
+        if len(self._done) == self._done.maxlen:
+            self._done_set.discard(self._done[0])
+        self._done.append(entry_id)
+        self._done_set.add(entry_id)
+
     def _start(self, tg: TaskGroup, message: StreamMessage) -> None:
         """Handle ``message`` in ``tg`` on a slot already taken. Marked in flight before
         any await, so that no reclaim pass can start it a second time."""
@@ -263,6 +320,7 @@ class CommandService:
         """Never raises for one bad entry: what failed stays pending and is retried."""
         try:
             await self.process(message)
+            self._remember_done(message.id)
         except CodeyardError as exc:  # transport trouble: leave it pending
             log.warning("command left pending", id=message.id, error=str(exc))
         except Exception:  # a bug: leave it pending; max_deliveries ends the loop

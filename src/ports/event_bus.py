@@ -28,6 +28,10 @@ class EventBus(Protocol):
       raise ``NotFound``; ``ack`` of an unknown or already-acked id (or a missing group) is
       a no-op and returns how many were acked. Empty ``fields`` or a ``count``/``maxlen``
       below 1 raise ``InvalidInput``.
+    - ``trim_acked`` removes only entries every consumer group is done with: at or before
+      each group's last-delivered id and not pending in any group (entries a group skipped,
+      created after them, count as done). It never removes a pending or undelivered entry,
+      nor one published concurrently, and never changes the ids of the entries it keeps.
     - Cancelling ``read``/``read_group`` while blocked loses no entry: an entry is either
       returned or still unread/pending.
     - Transport unreachable: ``ServiceUnavailable(service=...)``.
@@ -80,6 +84,13 @@ class EventBus(Protocol):
 
     async def pending_count(self, stream: str, group: str) -> int:
         """Entries delivered to the group but not acked."""
+        ...
+
+    async def trim_acked(self, stream: str, group: str) -> int:
+        """Remove the entries of ``stream`` that ``group`` has delivered and every consumer
+        has acknowledged; never a pending or undelivered one. Returns how many were removed
+        (0 for a missing stream/group). With several groups on the stream, an entry goes only
+        once every group is done with it (the minimum over all groups)."""
         ...
 
     async def length(self, stream: str) -> int:

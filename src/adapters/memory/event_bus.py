@@ -9,6 +9,8 @@ the contract suite runs unchanged against both adapters:
 - a consumer group keeps a last-delivered id and a pending entries list (PEL) in id order,
   each entry with its owner, delivery count and last delivery time; trimmed entries stay
   in the PEL until ``claim_stale`` reports them as deleted (``XAUTOCLAIM`` in Redis 7);
+- ``trim_acked`` cuts below the minimum, over all groups, of the oldest pending id and the
+  last-delivered id + 1, like the Redis adapter's ``XTRIM MINID``;
 - ``claim_stale`` scans at most ``10 * count`` PEL entries per page, like ``XAUTOCLAIM``.
 
 Idle times come from the injected :class:`~codeyard.ports.clock.Clock` (tests use
@@ -87,6 +89,12 @@ class _Stream:
         if i < len(self.entries) and self.entries[i][0] == entry_id:
             return self.entries[i][1]
         return None
+
+
+def _done_below(cg: _Group) -> _Id:
+    """The group is done with every entry below this id (the PEL is in id order)."""
+    after_delivered = (cg.last_delivered[0], cg.last_delivered[1] + 1)
+    return min(next(iter(cg.pending), after_delivered), after_delivered)
 
 
 def _entry_id(entry: tuple[_Id, dict[str, str]]) -> _Id:
@@ -249,6 +257,17 @@ class InMemoryEventBus:
     async def pending_count(self, stream: str, group: str) -> int:
         await anyio.lowlevel.checkpoint()
         return len(self._group(stream, group)[1].pending)
+
+    async def trim_acked(self, stream: str, group: str) -> int:
+        await anyio.lowlevel.checkpoint()
+        state = self._streams.get(stream)
+        if state is None or group not in state.groups:
+            return 0
+        # Below every group's oldest pending entry and past none of its undelivered ones.
+        bound = min(_done_below(cg) for cg in state.groups.values())
+        cut = bisect_left(state.entries, bound, key=_entry_id)
+        del state.entries[:cut]
+        return cut
 
     # --- internals -------------------------------------------------------------------------
 

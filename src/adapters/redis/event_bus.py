@@ -60,6 +60,53 @@ end
 return {r[1], r[2], r[3] or {}, counts}
 """
 
+# XTRIM MINID below what every group is done with, in one atomic step (a concurrent
+# XADD/XREADGROUP/XGROUP CREATE cannot slip between the reads and the trim). Per group the
+# bound is min(oldest pending id, last-delivered-id + 1); ids are compared and incremented
+# as decimal strings, because Lua numbers (doubles) lose precision past 2^53.
+_TRIM_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return {ms, seq}
+end
+local function num_less(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
+local function less(a, b)
+  if a[1] ~= b[1] then return num_less(a[1], b[1]) end
+  return num_less(a[2], b[2])
+end
+local function incr(s)
+  local out, carry = '', 1
+  for i = #s, 1, -1 do
+    local d = tonumber(string.sub(s, i, i)) + carry
+    carry = (d == 10) and 1 or 0
+    out = tostring(d % 10) .. out
+  end
+  if carry == 1 then out = '1' .. out end
+  return out
+end
+local found, bound = false, nil
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  if info['name'] == ARGV[1] then found = true end
+  local last = parse(info['last-delivered-id'])
+  local b = {last[1], incr(last[2])}
+  if b[2] == '18446744073709551616' then b = last end -- sequence overflow: stay below
+  local p = redis.call('XPENDING', KEYS[1], info['name'])
+  if p[2] then
+    local oldest = parse(p[2])
+    if less(oldest, b) then b = oldest end
+  end
+  if bound == nil or less(b, bound) then bound = b end
+end
+if not found then return 0 end
+return redis.call('XTRIM', KEYS[1], 'MINID', bound[1] .. '-' .. bound[2])
+"""
+
 # redis-py strips the "ERR " prefix: argument errors are recognised by their wording.
 _BAD_ARGUMENT_HINTS = ("invalid", "syntax error", "not an integer", "out of range", "must be")
 
@@ -131,6 +178,7 @@ class RedisEventBus:
             raise InvalidInput("RedisEventBus needs a client with decode_responses=True")
         self._redis = client
         self._claim = client.register_script(_CLAIM_SCRIPT)
+        self._trim = client.register_script(_TRIM_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, **client_kwargs: Any) -> RedisEventBus:
@@ -230,6 +278,15 @@ class RedisEventBus:
         with _translated("pending_count", stream):
             summary = await self._redis.xpending(stream, group)
         return int(summary["pending"])
+
+    async def trim_acked(self, stream: str, group: str) -> int:
+        """See the port. Exact ``XTRIM MINID`` (not ``~``), so that exactly the finished
+        entries go: it costs O(removed entries) and may rewrite a partly freed radix-tree
+        node, where ``~`` only drops whole nodes; callers bound the cost by trimming often
+        (the script also reads XINFO GROUPS and, per group, the XPENDING summary)."""
+        with _translated("trim_acked", stream):
+            removed = await self._trim(keys=[stream], args=[group])
+        return int(cast(int, removed))
 
     # --- internals -------------------------------------------------------------------------
 
