@@ -137,6 +137,10 @@ def check_transition(worker_id: str, current: WorkerStatus, new: WorkerStatus) -
         )
 
 
+#: Statuses in which a worker is up: the first move into one stamps ``started_at``.
+UP_STATUSES = frozenset({WorkerStatus.RUNNING, WorkerStatus.IDLE, WorkerStatus.BUSY})
+
+
 class WorkerRecord(DomainModel):
     """A worker as the registry knows it."""
 
@@ -151,10 +155,43 @@ class WorkerRecord(DomainModel):
     created_at: AwareDatetime
     heartbeat_at: AwareDatetime
     error: str | None = None
+    #: When the worker was first up (RUNNING, IDLE or BUSY); stamped by the registry.
+    started_at: AwareDatetime | None = None
+    #: When the worker reached a terminal status; stamped by the registry.
+    ended_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _check_timings(self) -> Self:
+        # Terminal states are final, so an end time on a live worker can only be corrupt data.
+        if self.ended_at is not None and not self.status.is_terminal:
+            raise InvalidRequest(
+                "ended_at requires a terminal status",
+                worker_id=self.worker_id,
+                status=self.status.value,
+            )
+        return self
 
     def with_status(self, status: WorkerStatus, *, error: str | None = None) -> WorkerRecord:
         check_transition(self.worker_id, self.status, status)
         return self.model_copy(update={"status": status, "error": error or self.error})
+
+    def stamped(self, now: datetime) -> WorkerRecord:
+        """This record with the timings its status calls for, stamped ``now`` if unset.
+
+        ``started_at`` is set the first time the status is RUNNING, IDLE or BUSY (a worker
+        that was never up, e.g. STARTING -> UNHEALTHY -> FAILED, has none); ``ended_at`` the
+        first time it is terminal. A timing already set is never overwritten, so later
+        moves (UNHEALTHY -> RUNNING, a repeated STOPPED) keep the first one.
+        """
+        update: dict[str, datetime] = {}
+        if self.started_at is None and self.status in UP_STATUSES:
+            update["started_at"] = now
+        if self.ended_at is None and self.status.is_terminal:
+            update["ended_at"] = now
+        if not update:
+            return self
+        # Through validation: ``now`` must be aware like every stored timestamp.
+        return WorkerRecord.parse({**self.model_dump(), **update})
 
     def is_stale(self, now: datetime, max_age_s: float) -> bool:
         return self.status.is_active and (now - self.heartbeat_at).total_seconds() > max_age_s

@@ -19,6 +19,11 @@ class WorkerRegistry(Protocol):
       :func:`codeyard.domain.worker.check_transition` (``InvalidTransition``).
     - ``heartbeat`` updates ``heartbeat_at`` (and optionally status); on a terminal worker
       it raises ``InvalidTransition``.
+    - Timings, stamped with the registry's own clock (never the caller's ``at``) by the same
+      atomic write as the status change, whether by ``set_status`` or ``heartbeat(status=)``:
+      ``started_at`` the first time the worker is RUNNING, IDLE or BUSY, never overwritten
+      (UNHEALTHY -> RUNNING keeps it); ``ended_at`` when it reaches STOPPED or FAILED.
+      ``register`` stores both as given (normally ``None``).
     - ``list_active`` returns non-terminal workers ordered by ``created_at``;
       ``stale(older_than)`` those of them whose last heartbeat is before ``older_than``.
     - Each call is atomic; a cancelled call either happened entirely or not at all.

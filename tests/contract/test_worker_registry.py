@@ -62,13 +62,17 @@ class RegistryEnv:
     now: Callable[[], datetime]
     #: How far a default heartbeat time may be from ``now()`` around the call.
     slack: timedelta
+    #: Let the registry's clock move on (real time moves by itself for Postgres).
+    tick: Callable[[], object] = lambda: None
 
 
 @pytest.fixture(params=["memory", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def env(request: pytest.FixtureRequest) -> AsyncIterator[RegistryEnv]:
     if request.param == "memory":
         clock = ManualClock(T0 + timedelta(days=1))
-        yield RegistryEnv(InMemoryWorkerRegistry(clock), clock.now, timedelta(0))
+        yield RegistryEnv(
+            InMemoryWorkerRegistry(clock), clock.now, timedelta(0), lambda: clock.advance(1)
+        )
         return
 
     dsn: str = request.getfixturevalue("postgres_db")
@@ -271,3 +275,109 @@ async def test_stale_lists_active_workers_with_old_heartbeats(env: RegistryEnv) 
     assert [r.worker_id for r in await env.registry.stale(T0 + timedelta(seconds=50))] == ["old2"]
     with pytest.raises(InvalidRequest):
         await env.registry.stale(datetime(2026, 1, 1))  # naive on purpose
+
+
+# --- timings (started_at / ended_at) ---------------------------------------------------------
+
+
+def assert_now(env: RegistryEnv, stamp: datetime | None, before: datetime) -> None:
+    """``stamp`` was taken by the registry's clock between ``before`` and now."""
+    assert stamp is not None
+    assert before - env.slack <= stamp <= env.now() + env.slack
+
+
+async def test_started_at_is_set_on_the_first_move_to_running(env: RegistryEnv) -> None:
+    registered = await env.registry.register(record("w1"))
+    beat = await env.registry.heartbeat("w1", at=T0 + timedelta(seconds=5))
+    assert (registered.started_at, registered.ended_at) == (None, None)
+    assert (beat.started_at, beat.ended_at) == (None, None)  # still STARTING
+
+    before = env.now()
+    running = await env.registry.set_status("w1", WorkerStatus.RUNNING)
+
+    assert_now(env, running.started_at, before)
+    assert running.ended_at is None
+    assert await env.registry.get("w1") == running  # survives the round trip
+
+
+async def test_started_at_is_never_overwritten(env: RegistryEnv) -> None:
+    await env.registry.register(record("w1"))
+    first = (await env.registry.set_status("w1", WorkerStatus.RUNNING)).started_at
+    env.tick()  # a re-stamp would now differ from ``first``
+    await env.registry.set_status("w1", WorkerStatus.UNHEALTHY, error="no heartbeat")
+    revived = await env.registry.set_status("w1", WorkerStatus.RUNNING)
+    await env.registry.heartbeat("w1", status=WorkerStatus.UNHEALTHY)
+    again = await env.registry.heartbeat("w1", status=WorkerStatus.RUNNING)
+    busy = await env.registry.set_status("w1", WorkerStatus.BUSY, task_id="t1")
+
+    assert first is not None
+    assert revived.started_at == again.started_at == busy.started_at == first
+    stored = await env.registry.get("w1")
+    assert stored is not None
+    assert stored.started_at == first
+
+
+async def test_a_worker_never_up_has_no_started_at(env: RegistryEnv) -> None:
+    await env.registry.register(record("w1"))
+
+    unhealthy = await env.registry.set_status("w1", WorkerStatus.UNHEALTHY, error="pull failed")
+    failed = await env.registry.set_status("w1", WorkerStatus.FAILED)
+
+    assert unhealthy.started_at is None
+    assert failed.started_at is None
+    assert failed.ended_at is not None
+
+
+async def test_ended_at_is_set_on_a_terminal_status(env: RegistryEnv) -> None:
+    for terminal in (WorkerStatus.STOPPED, WorkerStatus.FAILED):
+        worker_id = f"w-{terminal.value}"
+        await env.registry.register(record(worker_id))
+        started = await env.registry.set_status(worker_id, WorkerStatus.RUNNING)
+        assert started.ended_at is None
+
+        before = env.now()
+        ended = await env.registry.set_status(worker_id, terminal, error="bye")
+        env.tick()  # a re-stamp would now differ
+        again = await env.registry.set_status(worker_id, terminal)  # idempotent repeat
+
+        assert_now(env, ended.ended_at, before)
+        assert ended.started_at == started.started_at
+        assert again.ended_at == ended.ended_at
+        assert await env.registry.get(worker_id) == ended
+
+
+async def test_heartbeat_status_changes_stamp_timings_with_the_registry_clock(
+    env: RegistryEnv,
+) -> None:
+    await env.registry.register(record("w1"))
+    heartbeat_time = T0 + timedelta(seconds=30)  # the caller's time: never a timing
+
+    before = env.now()
+    up = await env.registry.heartbeat("w1", at=heartbeat_time, status=WorkerStatus.IDLE)
+    down = await env.registry.heartbeat("w1", at=heartbeat_time, status=WorkerStatus.STOPPED)
+
+    assert up.heartbeat_at == heartbeat_time
+    assert_now(env, up.started_at, before)
+    assert up.ended_at is None
+    assert down.started_at == up.started_at
+    assert_now(env, down.ended_at, before)
+    assert await env.registry.get("w1") == down
+
+
+async def test_registered_timings_are_stored_as_given(env: RegistryEnv) -> None:
+    rec = record(
+        "w1",
+        status=WorkerStatus.FAILED,
+        started_at=T0 + timedelta(seconds=1),
+        ended_at=T0 + timedelta(seconds=2),
+    )
+
+    stored = await env.registry.register(rec)
+
+    assert stored == rec
+    assert await env.registry.get("w1") == rec
+
+
+def test_a_live_record_cannot_carry_an_end_time() -> None:
+    with pytest.raises(InvalidRequest):
+        record("w1", status=WorkerStatus.RUNNING, ended_at=T0)

@@ -1,7 +1,7 @@
 """An in-process :class:`~codeyard.ports.worker_registry.WorkerRegistry`.
 
-Time (the default ``heartbeat`` timestamp) comes from an injected
-:class:`~codeyard.ports.clock.Clock`. Every call does its read-check-write without awaiting
+Time (the default ``heartbeat`` timestamp, ``started_at`` and ``ended_at``) comes from an
+injected :class:`~codeyard.ports.clock.Clock`. Every call does its read-check-write without awaiting
 in between, so it is atomic on one event loop, and starts with a checkpoint, so a cancelled
 call never happened. Records are frozen models: the stored object is returned as is.
 """
@@ -57,7 +57,7 @@ class InMemoryWorkerRegistry:
         task_id: str | None = None,
     ) -> WorkerRecord:
         await anyio.lowlevel.checkpoint()
-        record = self._get(worker_id).with_status(status, error=error)
+        record = self._get(worker_id).with_status(status, error=error).stamped(self._clock.now())
         update = {
             k: v
             for k, v in (("container_id", container_id), ("ip", ip), ("task_id", task_id))
@@ -84,9 +84,10 @@ class InMemoryWorkerRegistry:
         new_status = status or record.status
         if new_status is not record.status:  # no status change is not a transition
             check_transition(worker_id, record.status, new_status)
+        now = self._clock.now()
         record = WorkerRecord.parse(
-            {**record.model_dump(), "heartbeat_at": at or self._clock.now(), "status": new_status}
-        )
+            {**record.model_dump(), "heartbeat_at": at or now, "status": new_status}
+        ).stamped(now)
         self._workers[worker_id] = record
         return record
 

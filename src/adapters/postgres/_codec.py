@@ -27,7 +27,7 @@ JOB_COLUMNS = (
 
 WORKER_COLUMNS = (
     "worker_id, spec::text AS spec, status, host, container_id, image, ip, task_id,"
-    " created_at, heartbeat_at, error"
+    " created_at, heartbeat_at, error, started_at, ended_at"
 )
 
 

@@ -6,6 +6,10 @@ Status changes read the row with ``SELECT ... FOR UPDATE`` and apply the domain'
 two concurrent updates cannot both pass a check against the same old state. ``heartbeat``
 without ``at`` stamps the database's ``now()`` (compute ``stale``'s ``older_than`` from a
 clock close to it). ``created_at`` and explicit ``at`` values are stored as given.
+
+``started_at``/``ended_at`` are stamped with ``now()`` by the same ``UPDATE`` that writes
+the new status (:data:`_TIMINGS`, the SQL twin of :meth:`WorkerRecord.stamped`), so a
+timing and the move that caused it commit together.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from codeyard.domain.errors import (
     InvalidTransition,
     WorkerNotFound,
 )
-from codeyard.domain.worker import WorkerRecord, WorkerStatus, check_transition
+from codeyard.domain.worker import UP_STATUSES, WorkerRecord, WorkerStatus, check_transition
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -33,19 +37,28 @@ if TYPE_CHECKING:
     _Conn: TypeAlias = PoolConnectionProxy[asyncpg.Record]
 
 _ACTIVE = "status NOT IN ('stopped', 'failed')"
+_UP = ", ".join(f"'{s.value}'" for s in sorted(UP_STATUSES))
+# $2 is the new status in both UPDATEs; COALESCE keeps a timing once set.
+_TIMINGS = f"""
+    started_at = CASE WHEN $2 IN ({_UP}) THEN COALESCE(started_at, now()) ELSE started_at END,
+    ended_at = CASE WHEN $2 IN ('stopped', 'failed') THEN COALESCE(ended_at, now())
+                    ELSE ended_at END"""
 _INSERT = f"""
     INSERT INTO codeyard_workers (worker_id, spec, status, host, container_id, image, ip,
-                                  task_id, created_at, heartbeat_at, error)
-    VALUES ($1, $2::text::jsonb, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                  task_id, created_at, heartbeat_at, error, started_at,
+                                  ended_at)
+    VALUES ($1, $2::text::jsonb, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
     ON CONFLICT (worker_id) DO NOTHING
     RETURNING {WORKER_COLUMNS}"""
 _SELECT = f"SELECT {WORKER_COLUMNS} FROM codeyard_workers WHERE worker_id = $1"
 _LOCK = f"{_SELECT} FOR UPDATE"
 _SET_STATUS = f"""
-    UPDATE codeyard_workers SET status = $2, error = $3, container_id = $4, ip = $5, task_id = $6
+    UPDATE codeyard_workers SET status = $2, error = $3, container_id = $4, ip = $5, task_id = $6,
+    {_TIMINGS}
     WHERE worker_id = $1 RETURNING {WORKER_COLUMNS}"""
 _HEARTBEAT = f"""
-    UPDATE codeyard_workers SET status = $2, heartbeat_at = COALESCE($3, now())
+    UPDATE codeyard_workers SET status = $2, heartbeat_at = COALESCE($3, now()),
+    {_TIMINGS}
     WHERE worker_id = $1 RETURNING {WORKER_COLUMNS}"""
 _LIST_ACTIVE = (
     f"SELECT {WORKER_COLUMNS} FROM codeyard_workers WHERE {_ACTIVE} ORDER BY created_at, seq"
@@ -75,6 +88,8 @@ class PostgresWorkerRegistry:
             r.created_at,
             r.heartbeat_at,
             r.error,
+            r.started_at,
+            r.ended_at,
         )
         with translated("register"):
             row = await self._pool.fetchrow(_INSERT, *args)
