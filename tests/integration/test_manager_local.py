@@ -80,6 +80,9 @@ async def test_create_with_a_prompt_runs_the_cli_streams_events_and_delete_stops
     assert API_KEY not in json.dumps([e.model_dump(mode="json") for e in events])
     assert (deleted.worker_id, deleted.status) == (wid, WorkerStatus.STOPPED)
     assert stopped.status is WorkerStatus.STOPPED
+    assert stopped.started_at is not None  # timings: created -> running -> ended
+    assert stopped.ended_at is not None
+    assert stopped.created_at <= stopped.started_at <= stopped.ended_at
     assert wid not in [w.worker_id for w in listed]
     assert leftovers == []
 
