@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, TypeAdapter, ValidationError
 
 from codeyard.domain.base import DomainModel, Name, validation_errors
+from codeyard.domain.code_host import GitStep
 from codeyard.domain.errors import InvalidInput
 
 INPUT_FIELD = "message"
@@ -44,6 +45,8 @@ class WorkerInput(DomainModel):
     env: dict[str, str] = Field(default_factory=dict)
     #: Start a fresh session instead of resuming the previous turn's.
     new_session: bool = False
+    #: Git flow around the turn: clone/branch before, commit/push after (task mode).
+    git: GitStep | None = None
 
 
 class WorkerStop(DomainModel):

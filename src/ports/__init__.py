@@ -2,6 +2,7 @@
 
 from codeyard.ports.clock import Clock
 from codeyard.ports.code_agent import CodeAgent
+from codeyard.ports.code_host import CodeHost
 from codeyard.ports.container_runtime import ContainerRuntime
 from codeyard.ports.event_bus import EventBus
 from codeyard.ports.image_cache import ImageCache
@@ -12,6 +13,7 @@ from codeyard.ports.worker_registry import WorkerRegistry
 __all__ = [
     "Clock",
     "CodeAgent",
+    "CodeHost",
     "ContainerRuntime",
     "EventBus",
     "ImageCache",
