@@ -22,8 +22,10 @@ from pydantic import JsonValue, TypeAdapter
 from codeyard.adapters.redis.event_bus import RedisEventBus
 from codeyard.client.calls import CLEANUP_S, CommandCaller, new_request_id
 from codeyard.client.events import WorkerEvent, matches_run, parse_output_entry
+from codeyard.client.runs import RunReport, collect_run
 from codeyard.domain.agent import AgentResult
 from codeyard.domain.base import Name
+from codeyard.domain.code_host import GitStep
 from codeyard.domain.commands import (
     AnyCommand,
     CreateResult,
@@ -147,15 +149,20 @@ class CodeyardClient:
         timeout_s: float | None = None,
         max_turns: int | None = None,
         via_manager: bool = False,
+        git: GitStep | None = None,
     ) -> SendResult:
         """Queue a prompt for the worker; its events carry ``run_id = request_id``.
 
         By default the :class:`WorkerInput` goes straight to ``worker:{id}:input`` (the
         manager is not in the path, so an unknown worker is not detected); ``via_manager``
         sends a :class:`SendPrompt` command instead, which checks the worker exists.
+        ``git``: the worker's git flow around the turn (clone/branch, commit/push; direct
+        sends only); its report arrives as a ``git`` lifecycle event (see :meth:`wait_run`).
         """
         rid = request_id or new_request_id()
         if via_manager:
+            if git is not None:
+                raise InvalidRequest("git steps go straight to the worker: via_manager=False")
             command = SendPrompt(
                 request_id=rid,
                 worker_id=worker_id,
@@ -177,6 +184,7 @@ class CodeyardClient:
             timeout_s=timeout_s,
             max_turns=max_turns,
             new_session=new_session,
+            git=git,
         )
         stream = worker_input_stream(_worker(worker_id))
         entry_id = await self._bus.publish(stream, {INPUT_FIELD: message.model_dump_json()})
@@ -222,6 +230,19 @@ class CodeyardClient:
                     if result is not None:
                         return result
         raise AssertionError("unreachable: events() never ends")  # pragma: no cover
+
+    async def wait_run(
+        self,
+        worker_id: str,
+        request_id: str,
+        *,
+        after: str = "0-0",
+        timeout_s: float | None = None,
+    ) -> RunReport:
+        """Like :meth:`wait_result` for one run, with its git report and cost collected."""
+        with anyio.fail_after(timeout_s):
+            async with aclosing(self.events(worker_id, after=after)) as events:
+                return await collect_run(events, request_id)
 
     async def run(
         self,
