@@ -14,7 +14,7 @@ from typing import Annotated, Self
 from pydantic import AfterValidator, AwareDatetime, Field, PositiveInt, model_validator
 
 from codeyard.domain.base import DomainModel
-from codeyard.domain.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from codeyard.domain.errors import Conflict, InvalidInput, InvalidRequest, NotFound, Unavailable
 
 # git check-ref-format, simplified: no spaces, no "..", no control chars, no leading "-".
 _BRANCH_RE = re.compile(r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)[A-Za-z0-9._/-]{1,200}(?<![./])$")
@@ -146,6 +146,26 @@ class PullRequestClosed(Conflict):
     """The pull request is merged or closed: it cannot change any more."""
 
     code = "pull_request_closed"
+
+
+class PullRequestHeadChanged(Conflict):
+    """The head moved between reading the pull request and merging it: read it again."""
+
+    code = "pull_request_head_changed"
+
+
+class MergeBlocked(Conflict):
+    """The host refuses the merge by policy (required reviews or checks, a merge method the
+    repository disallows); ``fields["message"]`` is the host's reason."""
+
+    code = "merge_blocked"
+
+
+class CodeHostAuthFailed(InvalidInput):
+    """The code host rejected the credentials or they lack a permission (HTTP 401/403).
+    The fields carry the status, the URL path and the host's message, never the token."""
+
+    code = "code_host_auth_failed"
 
 
 class CodeHostUnavailable(Unavailable):

@@ -1,0 +1,1 @@
+"""Coding tasks: fan-out to workers, review, merge."""
