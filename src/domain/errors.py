@@ -265,3 +265,10 @@ class ResumeUnsupported(AgentError):
 class RateLimited(AgentError):
     code = "rate_limited"
     retryable = True
+
+
+class ReviewUnparseable(AgentError):
+    """A reviewer agent's answer held no usable verdict JSON (``fields``: ``pr``,
+    ``reason``, ``excerpt`` of the answer)."""
+
+    code = "review_unparseable"

@@ -24,9 +24,14 @@ replace that rule with ``is_side``. Past the last turn, ``scenario.exhausted`` a
 A scenario is built from steps: :class:`Text`, :class:`ToolCall` (see :mod:`.tools` for
 each CLI's write-file and shell tools), :class:`HttpError`, :class:`Stall`,
 :class:`Delay`.
+
+**Several scripts on one server**: ``ModelServer(Router({"[task:a]": a, "[review]": r},
+default=...))`` chooses the scenario per conversation by a marker in its first user
+message (see :mod:`.router`).
 """
 
 from codeyard.testing.model_server.recording import RecordedRequest
+from codeyard.testing.model_server.router import Router
 from codeyard.testing.model_server.scenario import (
     Delay,
     HttpError,
@@ -44,6 +49,7 @@ __all__ = [
     "HttpError",
     "ModelServer",
     "RecordedRequest",
+    "Router",
     "Scenario",
     "Stall",
     "Step",

@@ -19,6 +19,7 @@ from codeyard.testing.model_server.gemini import Gemini
 from codeyard.testing.model_server.openai_chat import OpenAIChat
 from codeyard.testing.model_server.openai_responses import OpenAIResponses
 from codeyard.testing.model_server.recording import RecordedRequest, decode_body
+from codeyard.testing.model_server.router import Script, resolve
 from codeyard.testing.model_server.scenario import HttpError, Scenario
 
 ANTHROPIC, CHAT, RESPONSES, GEMINI = Anthropic(), OpenAIChat(), OpenAIResponses(), Gemini()
@@ -30,7 +31,8 @@ _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 class ServerState:
     """Shared by the app and :class:`~.server.ModelServer`."""
 
-    scenario: Scenario
+    #: One scenario, or a :class:`~.router.Router` choosing one per conversation.
+    scenario: Script
     requests: list[RecordedRequest]
     closing: anyio.Event
 
@@ -78,6 +80,13 @@ class ModelApp:
         record.extra["time"] = time.time()
         self.state.requests.append(record)
         return record
+
+    def _scenario(self, record: RecordedRequest, dialect: str) -> Scenario:
+        """The scenario answering ``record`` (a router's choice is kept in ``extra``)."""
+        scenario, marker = resolve(self.state.scenario, dialect, record.body or {})
+        if marker is not None:
+            record.extra["route"] = marker
+        return scenario
 
     def _json(self, record: RecordedRequest, data: Any, status: int = 200, **kw: Any) -> Response:
         record.status = status
@@ -127,7 +136,8 @@ class ModelApp:
     async def anthropic_count(self, request: Request) -> Response:
         record = await self._record(request)
         record.dialect = ANTHROPIC.name
-        return self._json(record, {"input_tokens": self.state.scenario.usage.input_tokens})
+        usage = self._scenario(record, ANTHROPIC.name).usage
+        return self._json(record, {"input_tokens": usage.input_tokens})
 
     # --- model endpoints -----------------------------------------------------------------
 
@@ -149,7 +159,8 @@ class ModelApp:
         if action == "generateContent":
             return await self._model_call(record, GEMINI, stream=False, model=model)
         if action == "countTokens":
-            return self._json(record, {"totalTokens": self.state.scenario.usage.input_tokens})
+            usage = self._scenario(record, GEMINI.name).usage
+            return self._json(record, {"totalTokens": usage.input_tokens})
         body = GEMINI.error_body(404, f"unknown method {action!r}")
         return self._json(record, body, 404)
 
@@ -167,7 +178,7 @@ class ModelApp:
         if body is None:
             return self._json(record, dialect.error_body(400, "body is not a JSON object"), 400)
         record.stream = bool(body.get("stream")) if stream is None else stream
-        scenario = self.state.scenario
+        scenario = self._scenario(record, dialect.name)
         side = (
             scenario.is_side(dialect.name, body)
             if scenario.is_side is not None

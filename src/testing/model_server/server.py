@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup
 from codeyard.domain.errors import ServiceUnavailable
 from codeyard.testing.model_server.app import ModelApp, ServerState
 from codeyard.testing.model_server.recording import RecordedRequest
-from codeyard.testing.model_server.scenario import Scenario
+from codeyard.testing.model_server.router import Script
 
 _SIOCGIFADDR = 0x8915
 _STARTUP_TIMEOUT_S = 10.0
@@ -57,12 +57,14 @@ class ModelServer:
     """A scripted model API on ``host:port`` (see the package docstring).
 
     ``host="0.0.0.0"`` makes it reachable from containers: use :meth:`bridge_base_url`
-    (default bridge) or :meth:`url_via` with a network's gateway address.
+    (default bridge) or :meth:`url_via` with a network's gateway address. ``scenario`` is
+    one :class:`~.scenario.Scenario` for every conversation, or a :class:`~.router.Router`
+    choosing one per conversation by marker.
     """
 
     def __init__(
         self,
-        scenario: Scenario,
+        scenario: Script,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -110,6 +112,10 @@ class ModelServer:
     def model_requests(self, kind: str | None = "main") -> list[RecordedRequest]:
         """Requests to a model API, optionally only those answered by ``kind`` turns."""
         return [r for r in self.requests if r.dialect is not None and kind in (None, r.kind)]
+
+    def routed_requests(self, marker: str, kind: str | None = "main") -> list[RecordedRequest]:
+        """Model requests a :class:`~.router.Router` sent to the scenario of ``marker``."""
+        return [r for r in self.model_requests(kind) if r.extra.get("route") == marker]
 
     # --- lifecycle -----------------------------------------------------------------------
 
