@@ -22,6 +22,7 @@ from ``worker:{id}:output``; the manager is not in the path. Decisions:
   every turn's ``env`` (the prompt's ``env`` wins), ``pinned_env`` over it (the PATH of an
   ``allowed_commands`` shim, which no prompt may widen), ``allowed_commands`` goes into
   every request.
+* **Git** (a prompt's ``git``): clone/branch before, commit/push after (:mod:`.worker_git`).
 * **Multi-turn**: every turn resumes the session id of the last result that reported one.
 * **Cancellation** (SIGTERM, the manager stopping the worker) mid-turn publishes a
   ``cancelled`` result for that turn and ACKs it, then ``stopped``, inside a shielded
@@ -39,6 +40,7 @@ from pathlib import Path
 import anyio
 import structlog
 
+from codeyard.app.worker_git import GitWorkspace, TurnGit
 from codeyard.domain.agent import AgentProvider, AgentRequest, AgentResult, ResultStatus
 from codeyard.domain.errors import CodeyardError
 from codeyard.domain.events import (
@@ -132,6 +134,8 @@ class WorkerWrapper:
         self.turns = 0
         self._current: AgentRequest | None = None
         self._current_entry: str | None = None
+        keep = (instructions_file(provider),) if instructions is not None else ()
+        self._workspace = GitWorkspace(workdir, env=os.environ, keep=keep)
 
     async def run(self) -> None:
         """Write the instructions, announce ``ready``, serve prompts; ``stopped`` at the end."""
@@ -216,13 +220,19 @@ class WorkerWrapper:
             return
         self._current, self._current_entry = request, entry_id
         result: AgentResult | None = None
+        git = TurnGit(self._workspace, message.git) if message.git else None
         try:
+            if git is not None:
+                await git.prepare()  # a GitFailed refuses the turn like a bad request
             async with contextlib.aclosing(self._agent.execute(request)) as events:
                 async for event in events:
-                    await self._publish(event)
+                    if git is None or not git.hold(event):
+                        await self._publish(event)
                     if isinstance(event.payload, ResultPayload):
                         result = event.payload.result
-        except CodeyardError as exc:  # refused before any event (InvalidInput, resume...)
+            for event in await git.close() if git is not None else ():
+                await self._publish(event)
+        except CodeyardError as exc:  # refused before any event (InvalidInput, resume, git)
             failed = EventSequencer(
                 provider=self._provider, worker_id=self.worker_id, run_id=request.id
             )
