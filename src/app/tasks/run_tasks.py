@@ -1,0 +1,248 @@
+"""run_tasks: coding tasks fanned out to parallel workers, each ending as a reviewed PR.
+
+Per task (at most ``concurrency`` at once, each in its own worker):
+
+1. create a worker (the manager picks the engine; the image is the spec's);
+2. round 1: send the task's prompt with a git step (clone, branch ``codeyard/<task id>``
+   from the base, and after the turn commit ``feat(scope): ...`` and push, rebasing first
+   when the remote moved); wait for the run's result and git report;
+3. open (or find) the pull request and ask the reviewer for a verdict: approve -> squash
+   merge (a conflict with what other tasks merged meanwhile is reported as ``conflict``,
+   never lost); request changes -> the feedback becomes a PR comment and the next round's
+   prompt, on the same worker, resuming its session; after ``max_rounds`` rounds the task
+   ends ``changes_requested``;
+4. delete the worker, whatever happened (shielded, bounded).
+
+A result that says the model provider throttled (429/529, overloaded, rate limit) is
+retried with backoff, up to ``rate_limit_retries`` times, as the same round. Every task
+ends with a :class:`TaskOutcome`, failures included; ``cancel`` (an event) stops the
+unfinished ones, whose outcomes say ``cancelled``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anyio
+import structlog
+
+from codeyard.app.tasks.review import DecisionKind, decide
+from codeyard.client import CodeyardClient
+from codeyard.client.runs import RunReport
+from codeyard.domain.agent import AgentResult, ResultStatus
+from codeyard.domain.code_host import GitStep, PullRequest, ReviewVerdict
+from codeyard.domain.errors import CodeyardError
+from codeyard.domain.task import RetryPolicy
+from codeyard.domain.task_run import CodingTask, RepoTarget, TaskOutcome, TaskStatus
+from codeyard.domain.worker import WorkerSpec
+from codeyard.ports.code_host import CodeHost
+
+log = structlog.get_logger(__name__)
+_THROTTLED = ("429", "529", "rate limit", "rate_limit", "overloaded", "too many requests")
+
+
+class Reviews(Protocol):
+    """The reviewer (:class:`codeyard.app.tasks.review.Reviewer`)."""
+
+    async def review(self, pr: PullRequest, *, task: str) -> ReviewVerdict: ...
+
+
+@dataclass(frozen=True)
+class TaskRunConfig:
+    concurrency: int = 4
+    max_rounds: int = 3
+    turn_timeout_s: float = 1800.0
+    rate_limit_retries: int = 3
+    retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(base_s=5.0, max_s=120.0))
+
+
+def throttled(result: AgentResult) -> bool:
+    """Whether a failed result says the model provider throttled the request."""
+    if result.status is ResultStatus.SUCCESS:
+        return False
+    text = f"{result.terminal_reason or ''} {result.error or ''}".lower()
+    return any(mark in text for mark in _THROTTLED)
+
+
+def feedback_prompt(task: CodingTask, feedback: str) -> str:
+    return (
+        f"A reviewer looked at your change for task {task.id} and asks for changes:\n\n"
+        f"{feedback}\n\nUpdate the code accordingly."
+    )
+
+
+@dataclass
+class _Progress:
+    task: CodingTask
+    worker_id: str | None = None
+    commits: list[str] = field(default_factory=list)
+    feedback: list[str] = field(default_factory=list)
+    pr: PullRequest | None = None
+    rounds: int = 0
+    cost: float = 0.0
+
+    def outcome(self, status: TaskStatus, **extra: object) -> TaskOutcome:
+        return TaskOutcome.model_validate(
+            {
+                "task_id": self.task.id,
+                "status": status,
+                "worker_id": self.worker_id,
+                "branch": self.task.branch,
+                "commits": tuple(self.commits),
+                "pull_request": self.pr,
+                "rounds": self.rounds,
+                "cost_usd": self.cost,
+                "feedback": tuple(self.feedback),
+                **extra,
+            }
+        )
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        client: CodeyardClient,
+        code_host: CodeHost,
+        reviewer: Reviews,
+        *,
+        repo: RepoTarget,
+        spec: WorkerSpec | None = None,
+        git_token: str | None = None,
+        config: TaskRunConfig | None = None,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        self._client = client
+        self._host = code_host
+        self._reviewer = reviewer
+        self._repo = repo
+        env = dict((spec or WorkerSpec()).env)
+        if git_token is not None and repo.token_env:
+            # Through the worker's assignment (the event bus): see ADR 0005 on secrets.
+            env[repo.token_env] = git_token
+        self._spec = (spec or WorkerSpec()).model_copy(update={"env": env})
+        self._config = config or TaskRunConfig()
+        self._sleep = sleep
+
+    async def run(
+        self,
+        tasks: Sequence[CodingTask],
+        *,
+        cancel: anyio.Event | None = None,
+        on_outcome: Callable[[TaskOutcome], None] | None = None,
+    ) -> list[TaskOutcome]:
+        """Run every task; one outcome per task, in the order given."""
+        outcomes: dict[str, TaskOutcome] = {}
+        limiter = anyio.CapacityLimiter(self._config.concurrency)
+
+        async def one(task: CodingTask) -> None:
+            async with limiter:
+                outcome = await self._run_one(task)
+            outcomes[task.id] = outcome
+            if on_outcome is not None:
+                on_outcome(outcome)
+
+        async with anyio.create_task_group() as tg:
+            if cancel is not None:
+
+                async def cancel_on_request() -> None:
+                    await cancel.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(cancel_on_request)
+            async with anyio.create_task_group() as work:
+                for task in tasks:
+                    work.start_soon(one, task, name=f"task {task.id}")
+            tg.cancel_scope.cancel()  # the work is done: stop the cancel watcher
+        return [
+            outcomes.get(t.id) or TaskOutcome(task_id=t.id, status=TaskStatus.CANCELLED)
+            for t in tasks
+        ]
+
+    async def _run_one(self, task: CodingTask) -> TaskOutcome:
+        progress = _Progress(task)
+        try:
+            created = await self._client.create(self._spec, worker_id=f"w-{task.id}")
+            progress.worker_id = created.worker_id
+            return await self._rounds(progress)
+        except CodeyardError as exc:
+            log.warning("task failed", task_id=task.id, error=str(exc))
+            return progress.outcome(TaskStatus.FAILED, error=str(exc))
+        except TimeoutError:
+            return progress.outcome(TaskStatus.FAILED, error="the agent turn timed out")
+        finally:
+            if progress.worker_id is not None:
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(60),
+                    contextlib.suppress(CodeyardError),
+                ):
+                    await self._client.delete(progress.worker_id)
+
+    async def _rounds(self, progress: _Progress) -> TaskOutcome:
+        task = progress.task
+        prompt = task.prompt
+        while True:
+            progress.rounds += 1
+            report = await self._turn(progress, prompt)
+            if report.result.status is not ResultStatus.SUCCESS:
+                error = report.result.error or report.result.terminal_reason or "agent failed"
+                return progress.outcome(TaskStatus.FAILED, error=error)
+            pushed = report.git is not None and report.git.pushed and not report.git.error
+            if not pushed and progress.pr is None:  # nothing pushed ever: nothing to review
+                why = (report.git.error if report.git else None) or "no change pushed"
+                return progress.outcome(TaskStatus.FAILED, error=why)
+            progress.pr = await self._host.open_pull_request(
+                self._repo.name,
+                head=task.branch,
+                base=self._repo.base,
+                title=task.headline,
+                body=f"{task.prompt}\n\n(codeyard task {task.id})",
+            )
+            verdict = await self._reviewer.review(progress.pr, task=task.prompt)
+            decision = await decide(self._host, progress.pr, verdict, message=task.commit_message)
+            progress.pr = decision.pr
+            if decision.kind is DecisionKind.MERGED:
+                return progress.outcome(TaskStatus.MERGED)
+            if decision.kind is DecisionKind.CONFLICT:
+                return progress.outcome(
+                    TaskStatus.CONFLICT,
+                    error="approved, but it no longer merges into the base cleanly",
+                    conflict_files=decision.conflict_files,
+                )
+            progress.feedback.append(decision.feedback)
+            if progress.rounds >= self._config.max_rounds:
+                return progress.outcome(TaskStatus.CHANGES_REQUESTED)
+            prompt = feedback_prompt(task, decision.feedback)
+
+    async def _turn(self, progress: _Progress, prompt: str) -> RunReport:
+        """One developer turn with its git step; throttled results are retried."""
+        task, worker_id = progress.task, progress.worker_id
+        assert worker_id is not None
+        step = GitStep(
+            repo_url=self._repo.clone_url,
+            base=self._repo.base,
+            branch=task.branch,
+            commit_message=task.commit_message,
+            token_env=self._repo.token_env,
+        )
+        attempt = 0
+        while True:
+            request_id = f"{task.id}-r{progress.rounds}-a{attempt}"
+            await self._client.send(worker_id, prompt, request_id=request_id, git=step)
+            # Read from the start, filtering by request id: entry ids of the input and the
+            # output stream are not comparable on every bus.
+            report = await self._client.wait_run(
+                worker_id, request_id, timeout_s=self._config.turn_timeout_s
+            )
+            progress.cost += report.result.cost_usd or 0.0
+            if report.git is not None:
+                progress.commits.extend(c for c in report.git.commits if c not in progress.commits)
+            if not throttled(report.result) or attempt >= self._config.rate_limit_retries:
+                return report
+            attempt += 1
+            delay = self._config.retry.delay(attempt).total_seconds()
+            log.info("provider throttled: retrying", task_id=task.id, delay_s=delay)
+            await self._sleep(delay)
