@@ -135,7 +135,9 @@ class WorkerWrapper:
         self._current: AgentRequest | None = None
         self._current_entry: str | None = None
         keep = (instructions_file(provider),) if instructions is not None else ()
-        self._workspace = GitWorkspace(workdir, env=os.environ, keep=keep)
+        # The assignment's env (a git token among it) reaches git as it reaches the agent.
+        git_env = {**os.environ, **self._base_env}
+        self._workspace = GitWorkspace(workdir, env=git_env, keep=keep)
 
     async def run(self) -> None:
         """Write the instructions, announce ``ready``, serve prompts; ``stopped`` at the end."""
