@@ -22,6 +22,7 @@ unfinished ones, whose outcomes say ``cancelled``.
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -164,7 +165,10 @@ class TaskRunner:
     async def _run_one(self, task: CodingTask) -> TaskOutcome:
         progress = _Progress(task)
         try:
-            created = await self._client.create(self._spec, worker_id=f"w-{task.id}")
+            # Unique per run: a worker id names one worker forever (a rerun of the task
+            # must not find the ended worker of an earlier run).
+            worker_id = f"w-{task.id}-{secrets.token_hex(3)}"
+            created = await self._client.create(self._spec, worker_id=worker_id)
             progress.worker_id = created.worker_id
             return await self._rounds(progress)
         except CodeyardError as exc:
