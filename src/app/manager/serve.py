@@ -64,7 +64,10 @@ async def worker_images(settings: Settings, app: App) -> WorkerImageSource:
             wrapper_hash="memory",
             ca_certs_hash="",
         )
-    usage = RedisImageUsage(app.clients["redis_client"])
+    # Images live per engine: the ledger (last uses, build locks) is kept per owner, so
+    # managers on other engines neither wait for each other's builds nor keep each other's
+    # images alive.
+    usage = RedisImageUsage(app.clients["redis_client"], key=f"codeyard:images:{settings.owner}")
     return await docker_worker_images(
         settings, app.clients["docker_client"], usage=usage, clock=app.clock
     )
