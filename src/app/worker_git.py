@@ -63,6 +63,15 @@ class GitWorkspace:
         self._keep = tuple(keep)
         self._git_binary = git
 
+    def with_env(self, extra: Mapping[str, str]) -> GitWorkspace:
+        """The same workspace with ``extra`` over its environment (a turn's own env: how a
+        git token reaches one turn without being part of the worker's spec)."""
+        if not extra:
+            return self
+        return GitWorkspace(
+            self._workdir, env={**self._env, **extra}, keep=self._keep, git=self._git_binary
+        )
+
     async def prepare(self, step: GitStep) -> None:
         """Check out ``step.branch`` clean: its remote state, else new from ``origin/<base>``.
 

@@ -222,7 +222,7 @@ class WorkerWrapper:
             return
         self._current, self._current_entry = request, entry_id
         result: AgentResult | None = None
-        git = TurnGit(self._workspace, message.git) if message.git else None
+        git = TurnGit(self._workspace.with_env(message.env), message.git) if message.git else None
         try:
             if git is not None:
                 await git.prepare()  # a GitFailed refuses the turn like a bad request

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 
 import anyio
@@ -150,19 +150,21 @@ class CodeyardClient:
         max_turns: int | None = None,
         via_manager: bool = False,
         git: GitStep | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> SendResult:
         """Queue a prompt for the worker; its events carry ``run_id = request_id``.
 
         By default the :class:`WorkerInput` goes straight to ``worker:{id}:input`` (the
         manager is not in the path, so an unknown worker is not detected); ``via_manager``
         sends a :class:`SendPrompt` command instead, which checks the worker exists.
+        ``env``: extra environment of this turn only (agent and git; direct sends only).
         ``git``: the worker's git flow around the turn (clone/branch, commit/push; direct
         sends only); its report arrives as a ``git`` lifecycle event (see :meth:`wait_run`).
         """
         rid = request_id or new_request_id()
         if via_manager:
-            if git is not None:
-                raise InvalidRequest("git steps go straight to the worker: via_manager=False")
+            if git is not None or env:
+                raise InvalidRequest("git steps and env go straight to the worker")
             command = SendPrompt(
                 request_id=rid,
                 worker_id=worker_id,
@@ -185,6 +187,7 @@ class CodeyardClient:
             max_turns=max_turns,
             new_session=new_session,
             git=git,
+            env=dict(env or {}),
         )
         stream = worker_input_stream(_worker(worker_id))
         entry_id = await self._bus.publish(stream, {INPUT_FIELD: message.model_dump_json()})

@@ -130,6 +130,11 @@ async def test_three_parallel_tasks_are_reviewed_and_all_end_merged(
                     for n in ("frontend", "backend", "docs")
                 ]
                 outcomes = await runner.run(tasks)
+                records = [
+                    (await client.status(o.worker_id)).model_dump_json()
+                    for o in outcomes
+                    if o.worker_id
+                ]
                 main = {
                     n: await forge.forge.read_file("app", "main", f"app/{n}.txt")
                     for n in ("frontend", "backend", "docs")
@@ -149,3 +154,5 @@ async def test_three_parallel_tasks_are_reviewed_and_all_end_merged(
     assert all(o.commits for o in outcomes)
     assert leftovers == []  # developer and reviewer workers all deleted
     assert FORGE_TOKEN not in (tmp_path / "serve.log").read_text()
+    assert len(records) == 3
+    assert not any(FORGE_TOKEN in r for r in records)  # never in specs the registry keeps

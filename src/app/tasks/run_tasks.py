@@ -119,11 +119,13 @@ class TaskRunner:
         self._host = code_host
         self._reviewer = reviewer
         self._repo = repo
-        env = dict((spec or WorkerSpec()).env)
-        if git_token is not None and repo.token_env:
-            # Through the worker's assignment (the event bus): see ADR 0005 on secrets.
-            env[repo.token_env] = git_token
-        self._spec = (spec or WorkerSpec()).model_copy(update={"env": env})
+        self._spec = spec or WorkerSpec()
+        # The token goes with each turn (its input entry), never into the worker's spec:
+        # specs are stored in the registry and echoed by status/list. Until the credential
+        # store of issue #9 it still crosses the event bus (see ADR 0006).
+        self._turn_env = (
+            {repo.token_env: git_token} if git_token is not None and repo.token_env else {}
+        )
         self._config = config or TaskRunConfig()
         self._sleep = sleep
 
@@ -235,7 +237,9 @@ class TaskRunner:
         attempt = 0
         while True:
             request_id = f"{task.id}-r{progress.rounds}-a{attempt}"
-            await self._client.send(worker_id, prompt, request_id=request_id, git=step)
+            await self._client.send(
+                worker_id, prompt, request_id=request_id, git=step, env=self._turn_env
+            )
             # Read from the start, filtering by request id: entry ids of the input and the
             # output stream are not comparable on every bus.
             report = await self._client.wait_run(
