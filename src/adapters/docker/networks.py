@@ -201,23 +201,14 @@ class DockerNetworks:
         attrs = self._inspect(name)
         if attrs is None:
             try:
-                self._api.create_network(
-                    name,
-                    driver="bridge",
-                    options={
-                        _BRIDGE_OPTION: bridge,
-                        "com.docker.network.bridge.enable_icc": "false",
-                    },
-                    labels={
-                        LABEL_OWNER: self._owner,
-                        LABEL_POLICY: "allowlist" if ports else "egress",
-                        LABEL_PORTS: _ports_label(ports),
-                    },
-                    check_duplicate=True,
-                )
+                self._create(name, bridge, ports)
             except docker.errors.APIError as exc:
-                if exc.status_code != 409:  # 409: another process created it meanwhile
+                if not _pools_exhausted(exc):
                     raise
+                # Docker's default pools hold ~30 bridge networks, and every distinct set of
+                # allowed ports makes one: drop the codeyard networks nobody uses, retry once.
+                self._prune_unused()
+                self._create(name, bridge, ports)
             attrs = self._inspect(name)
         found = ((attrs or {}).get("Options") or {}).get(_BRIDGE_OPTION)
         if found != bridge:
@@ -225,12 +216,50 @@ class DockerNetworks:
             raise Conflict("network exists with another bridge", network=name, bridge=found)
         self._iptables.ensure_bridge(bridge, ports)
 
+    def _prune_unused(self) -> None:
+        """Remove every codeyard network (any owner) that no container is attached to."""
+        for net in self._api.networks(filters={"label": [LABEL_POLICY]}):
+            try:
+                self._api.remove_network(net["Id"])
+            except docker.errors.APIError as exc:
+                if exc.status_code not in (403, 404, 409):  # in use, or gone already
+                    raise
+                continue
+            self._ready.discard(str(net["Name"]))
+            bridge = (net.get("Options") or {}).get(_BRIDGE_OPTION)
+            if bridge:
+                self._iptables.remove_bridge(bridge)
+
+    def _create(self, name: str, bridge: str, ports: Sequence[int]) -> None:
+        try:
+            self._api.create_network(
+                name,
+                driver="bridge",
+                options={
+                    _BRIDGE_OPTION: bridge,
+                    "com.docker.network.bridge.enable_icc": "false",
+                },
+                labels={
+                    LABEL_OWNER: self._owner,
+                    LABEL_POLICY: "allowlist" if ports else "egress",
+                    LABEL_PORTS: _ports_label(ports),
+                },
+                check_duplicate=True,
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409:  # 409: another process created it meanwhile
+                raise
+
     def _inspect(self, name: str) -> dict[str, Any] | None:
         try:
             attrs: dict[str, Any] = self._api.inspect_network(name)
         except docker.errors.NotFound:
             return None
         return attrs
+
+
+def _pools_exhausted(exc: docker.errors.APIError) -> bool:
+    return "non-overlapping" in str(exc) or "address pool" in str(exc)
 
 
 async def remove_networks(
