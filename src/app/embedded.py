@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 import structlog
 from pydantic import SecretStr
 
+from codeyard.adapters.docker.networks import remove_networks
 from codeyard.app.bootstrap import open_app
 from codeyard.app.manager.serve import Manager, build_manager, run_manager, worker_images
 from codeyard.app.manager.settings import manager_config
@@ -166,9 +167,22 @@ async def open_embedded(settings: Settings, **manager: Any) -> AsyncIterator[Emb
                 finally:
                     with anyio.CancelScope(shield=True), anyio.move_on_after(CLEANUP_DEADLINE_S):
                         await _remove_workers(built)
+                        await _remove_networks(app.clients.get("docker_client"), local.owner)
                     tg.cancel_scope.cancel()
     finally:
         await anyio.to_thread.run_sync(redis_server.stop)
+
+
+async def _remove_networks(client: Any, owner: str) -> None:
+    """The worker networks this process made: their names hold its random ports (the model
+    server's, the private Redis'), so no later run reuses them, and each one left behind
+    holds one of the engine's few address pools (~30: then every network create fails)."""
+    if client is None:
+        return
+    try:
+        await remove_networks(client, owner=owner)
+    except CodeyardError as exc:
+        log.warning("embedded worker networks not removed", owner=owner, error=str(exc))
 
 
 async def _remove_workers(manager: Manager) -> None:

@@ -270,6 +270,9 @@ def test_worker_command_needs_exactly_one_mode(argv: list[str], message: str) ->
 def test_the_path_option_reaches_configurable_specs_only(tmp_path: Path) -> None:
     assert AgentOptions(path="/shim").overrides() == {"path": "/shim"}
     assert build_agent("claude", AgentOptions(path="/shim"), home=tmp_path).provider == "claude"
-    # opencode gets the shim's PATH through the request env instead (worker_main).
+    assert build_agent("opencode", AgentOptions(path="/shim"), home=tmp_path).provider == (
+        "opencode"
+    )
+    # A plugin gets the shim's PATH through the request env instead (worker_main).
     with pytest.raises(InvalidInput, match="PATH"):
-        build_agent("opencode", AgentOptions(path="/shim"), home=tmp_path)
+        build_agent("plugin", AgentOptions(path="/shim"), home=tmp_path)

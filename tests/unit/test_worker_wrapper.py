@@ -316,8 +316,9 @@ async def test_an_error_escaping_the_loop_is_reported_as_stopped_failed(tmp_path
     assert (last.state, last.detail["reason"]) == ("stopped", "failed")
 
 
-@pytest.mark.parametrize("provider", ["claude", "droid", "codex", "gemini"])
+@pytest.mark.parametrize("provider", ["claude", "droid", "codex", "gemini", "opencode-run"])
 def test_build_agent_applies_options_to_cli_providers(tmp_path: Path, provider: str) -> None:
+    # What each CLI gets from the options: tests/unit/test_worker_agent.py.
     options = AgentOptions(binary="/opt/cli", base_url="http://127.0.0.1:9", api_key="k")
     agent = build_agent(provider, options, home=tmp_path / "home")
     assert isinstance(agent, CliCodeAgent)
@@ -328,8 +329,10 @@ def test_build_agent_applies_options_to_cli_providers(tmp_path: Path, provider: 
 
 def test_build_agent_refuses_options_a_provider_cannot_take(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="not supported"):
-        build_agent("opencode", AgentOptions(binary="/opt/cli"), home=tmp_path)
-    assert build_agent("opencode", AgentOptions(), home=tmp_path).provider == "opencode"
+        build_agent("nope", AgentOptions(binary="/opt/cli"), home=tmp_path)
+    assert build_agent("opencode", AgentOptions(binary="/opt/cli"), home=tmp_path).provider == (
+        "opencode"
+    )
     with pytest.raises(UnsupportedProvider):
         build_agent("nope", AgentOptions(), home=tmp_path)
 
