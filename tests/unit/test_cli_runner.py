@@ -254,14 +254,21 @@ def test_synthesized_results() -> None:
 
 
 def test_redactor() -> None:
-    redactor = Redactor(["abc", "abcdef", ""])
-    assert redactor.redact("x abcdef y abc") == "x [REDACTED] y [REDACTED]"
+    redactor = Redactor(["sk-abc12", "sk-abc12def", ""])
+    assert redactor.redact("x sk-abc12def y sk-abc12") == "x [REDACTED] y [REDACTED]"
     clean = {"a": ["no secret"]}
     assert redactor.scrub(clean) is clean
-    assert redactor.scrub({"k": ("abc", 1, {"abc": None})}) == {
+    assert redactor.scrub({"k": ("sk-abc12", 1, {"sk-abc12": None})}) == {
         "k": ("[REDACTED]", 1, {"[REDACTED]": None})
     }
     assert not Redactor([""]).active
+
+
+def test_a_secret_too_short_to_tell_from_text_is_not_redacted() -> None:
+    # An API key of "k" would otherwise turn every "k" of every line into [REDACTED].
+    redactor = Redactor(["k", "short7!"])
+    assert not redactor.active
+    assert redactor.redact('{"kind": "ok"}') == '{"kind": "ok"}'
 
 
 def test_home_files_are_private_and_stay_inside_home(tmp_path: Path) -> None:

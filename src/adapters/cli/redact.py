@@ -20,6 +20,10 @@ from typing import Any
 
 #: What a secret is replaced with.
 REDACTED = "[REDACTED]"
+#: Shorter "secrets" are not redacted: a value of a few characters cannot be told from
+#: ordinary text, and replacing every occurrence would corrupt field names and answers
+#: (an API key of "k" broke every JSON line). Real credentials are far longer.
+MIN_SECRET_LENGTH = 8
 
 
 def _spellings(secret: str) -> set[str]:
@@ -30,12 +34,13 @@ def _spellings(secret: str) -> set[str]:
 
 
 class Redactor:
-    """Replaces every configured secret with :data:`REDACTED`. Empty secrets are ignored."""
+    """Replaces every configured secret with :data:`REDACTED`. Secrets shorter than
+    :data:`MIN_SECRET_LENGTH` are ignored."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         forms: set[str] = set()
         for secret in secrets:
-            if secret:
+            if len(secret) >= MIN_SECRET_LENGTH:
                 forms |= _spellings(secret)
         ordered = sorted(forms, key=lambda s: (-len(s), s))
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
