@@ -27,6 +27,7 @@ import structlog
 from pydantic import JsonValue
 
 from codeyard.app.command_service import Forward
+from codeyard.app.observability.metrics import ManagerMetrics, metered_ensure
 from codeyard.domain.commands import (
     AnyCommand,
     CreateResult,
@@ -74,8 +75,10 @@ class WorkerManager:
         slots: Slots,
         watcher: WorkerWatcher,
         pool: WarmPool,
+        metrics: ManagerMetrics | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics or ManagerMetrics()
         self._bus = bus
         self._registry = registry
         self._runtime = runtime
@@ -127,6 +130,7 @@ class WorkerManager:
     # --- create --------------------------------------------------------------------------
 
     async def create(self, command: CreateWorker) -> JsonValue | Forward:
+        started = self._metrics.now()
         spec = command.spec
         check_spec(spec)
         worker_id = command.worker_id or derived_worker_id(command.request_id)
@@ -148,6 +152,7 @@ class WorkerManager:
                 with anyio.CancelScope(shield=True):
                     await self._abandon(worker_id, exc)
                 raise
+            self._metrics.spawn_started(worker_id, warm=warm, started=started)
             await self._push_prompt(command, worker_id)
             self._watcher.watch(record)
             return self._created(record, command, warm=warm).model_dump(mode="json")
@@ -170,7 +175,7 @@ class WorkerManager:
         if standby is not None:
             image, image_hash, slot = standby.image, "", standby.slot
         else:
-            ref = await self._images.ensure(spec)
+            ref = await metered_ensure(self._images, spec, self._metrics)
             image, image_hash, slot = ref.tag, ref.content_hash, worker_id
         if existing is None:
             now = self._clock.now()

@@ -14,9 +14,10 @@ the workers keep running: they belong to the registry, and the next start adopts
 
 from __future__ import annotations
 
+import functools
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 import structlog
@@ -26,6 +27,8 @@ from codeyard.adapters.memory.image_cache import InMemoryImageCache
 from codeyard.adapters.redis.image_usage import RedisImageUsage
 from codeyard.app.bootstrap import App, open_app
 from codeyard.app.command_service import CommandService, CommandServiceConfig
+from codeyard.app.observability.commands import ObservedHandler
+from codeyard.app.observability.metrics import ManagerMetrics, serve_metrics
 from codeyard.app.settings import Settings
 from codeyard.domain.errors import CodeyardError
 from codeyard.domain.streams import owner_commands_stream
@@ -53,6 +56,7 @@ class Manager:
     pool: WarmPool
     reconciler: Reconciler
     slots: Slots
+    metrics: ManagerMetrics = field(default_factory=ManagerMetrics)
 
 
 async def worker_images(settings: Settings, app: App) -> WorkerImageSource:
@@ -73,7 +77,14 @@ async def worker_images(settings: Settings, app: App) -> WorkerImageSource:
     )
 
 
-def build_manager(app: App, config: ManagerConfig, images: WorkerImageSource) -> Manager:
+def build_manager(
+    app: App,
+    config: ManagerConfig,
+    images: WorkerImageSource,
+    *,
+    metrics: ManagerMetrics | None = None,
+) -> Manager:
+    metrics = metrics or ManagerMetrics()
     slots = Slots(config.max_workers)
     runtime, registry, clock = app.runtime, app.registry, app.clock
     watcher = WorkerWatcher(
@@ -84,7 +95,9 @@ def build_manager(app: App, config: ManagerConfig, images: WorkerImageSource) ->
         queue=app.queue,
         clock=clock,
         slots=slots,
+        metrics=metrics,
     )
+    metrics.workers_from(watcher.state_counts)
     pool = WarmPool(config=config, runtime=runtime, images=images)
     handler = WorkerManager(
         config=config,
@@ -96,6 +109,7 @@ def build_manager(app: App, config: ManagerConfig, images: WorkerImageSource) ->
         slots=slots,
         watcher=watcher,
         pool=pool,
+        metrics=metrics,
     )
     reconciler = Reconciler(
         config=config,
@@ -106,7 +120,7 @@ def build_manager(app: App, config: ManagerConfig, images: WorkerImageSource) ->
         watcher=watcher,
         pool=pool,
     )
-    return Manager(config, app, handler, watcher, pool, reconciler, slots)
+    return Manager(config, app, handler, watcher, pool, reconciler, slots, metrics)
 
 
 async def run_manager(
@@ -114,17 +128,26 @@ async def run_manager(
     *,
     concurrency: int = 16,
     takeover_s: float = 180.0,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve commands until cancelled (see the module docstring)."""
+    """Serve commands until cancelled (see the module docstring); with ``metrics_port``
+    (0: any free port) also ``/metrics``, queue depths refreshed in the background."""
     config, bus = manager.config, manager.app.event_bus
+    handler = ObservedHandler(manager.handler, manager.metrics)
     async with anyio.create_task_group() as tg:
+        if metrics_port is not None:
+            await tg.start(
+                functools.partial(serve_metrics, manager.metrics, metrics_port, host=metrics_host)
+            )
+            tg.start_soon(manager.metrics.refresh_loop, manager.app.queue)
         await tg.start(manager.watcher.run)
         await manager.reconciler.reconcile()
         for stream in ("worker:commands", owner_commands_stream(config.owner)):
             service = CommandService(
                 bus,
-                manager.handler,
+                handler,
                 CommandServiceConfig(stream=stream, concurrency=concurrency, min_idle_s=takeover_s),
             )
             await tg.start(service.run)
@@ -167,6 +190,8 @@ async def serve(
                     manager,
                     concurrency=settings.manager.concurrency,
                     takeover_s=settings.manager.takeover_s,
+                    metrics_port=settings.manager.metrics_port,
+                    metrics_host=settings.manager.metrics_host,
                     task_status=task_status,
                 )
             )

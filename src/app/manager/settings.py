@@ -76,6 +76,18 @@ class ManagerSettings(BaseModel):
         "over by another (or by its own restart). Keep it above `create_timeout_s` plus a "
         "typical image build, or a slow create runs twice (creates are idempotent).",
     )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus `/metrics` endpoint. Unset: no endpoint; `0`: "
+        "any free port (logged).",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the metrics endpoint listens on (`0.0.0.0` for a scraper "
+        "outside this host).",
+    )
 
 
 def container_url(url: str, *, setting: str) -> tuple[str, int | None]:

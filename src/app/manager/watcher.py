@@ -26,6 +26,7 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
+from codeyard.app.observability.metrics import ManagerMetrics
 from codeyard.domain.container import LABEL_OWNER, ContainerInfo, ContainerState
 from codeyard.domain.errors import CodeyardError
 from codeyard.domain.events import (
@@ -70,8 +71,10 @@ class WorkerWatcher:
         queue: WorkQueue,
         clock: Clock,
         slots: Slots,
+        metrics: ManagerMetrics | None = None,
     ) -> None:
         self._config = config
+        self._metrics = metrics or ManagerMetrics()
         self._bus = bus
         self._registry = registry
         self._runtime = runtime
@@ -85,6 +88,15 @@ class WorkerWatcher:
 
     def watched(self) -> list[str]:
         return sorted(self._watches)
+
+    def state_counts(self) -> dict[str, int]:
+        """Watched workers by status: sync, for metrics scrapes (they run on another
+        thread, hence the copy: a dict copy is atomic, iterating a live one is not)."""
+        counts: dict[str, int] = {}
+        for watch in self._watches.copy().values():
+            state = watch.record.status.value
+            counts[state] = counts.get(state, 0) + 1
+        return counts
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         async with anyio.create_task_group() as tg:
@@ -114,6 +126,7 @@ class WorkerWatcher:
         watch = self._watches.pop(worker_id, None)
         if watch is not None:
             watch.scope.cancel()
+        self._metrics.spawn_dropped(worker_id)
 
     # --- output stream -------------------------------------------------------------------
 
@@ -121,6 +134,12 @@ class WorkerWatcher:
         worker_id = watch.record.worker_id
         stream = worker_output_stream(worker_id)
         after = "0-0"
+        # This task's own context (a copy of the creating command's: cleared, so its
+        # request id does not stick): every log line of the follower names its worker.
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(worker_id=worker_id)
+        if watch.record.task_id is not None:
+            structlog.contextvars.bind_contextvars(task_id=watch.record.task_id)
         with watch.scope:
             while True:
                 try:
@@ -143,6 +162,7 @@ class WorkerWatcher:
     async def _on_event(self, watch: _Watch, event: AgentEvent) -> None:
         payload = event.payload
         worker_id = watch.record.worker_id
+        self._metrics.event(event)
         if event.run_id is not None:
             is_result = isinstance(payload, ResultPayload)
             watch.current_run = None if is_result else event.run_id
@@ -154,6 +174,7 @@ class WorkerWatcher:
             record = await self._registry.get(worker_id)
             if record is not None and record.status in (WorkerStatus.STARTING,):
                 watch.record = await self._registry.set_status(worker_id, WorkerStatus.RUNNING)
+                self._metrics.spawn_ready(worker_id)
                 log.info("worker running", worker_id=worker_id)
         elif payload.state == "heartbeat":
             record = await self._registry.get(worker_id)
@@ -232,9 +253,11 @@ class WorkerWatcher:
             if record.worker_id in self.releasing:
                 continue
             log.warning("worker unhealthy: no heartbeat", worker_id=record.worker_id)
-            await self._registry.set_status(
+            unhealthy = await self._registry.set_status(
                 record.worker_id, WorkerStatus.UNHEALTHY, error="heartbeat timeout"
             )
+            if (watch := self._watches.get(record.worker_id)) is not None:
+                watch.record = unhealthy  # codeyard_workers reads the watched records
             await self._requeue(record, "worker unhealthy: heartbeat timeout")
 
     async def _requeue(self, record: WorkerRecord, error: str) -> None:

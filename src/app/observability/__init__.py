@@ -1,0 +1,1 @@
+"""Observability of the worker manager: Prometheus metrics and structured (JSON) logs."""
