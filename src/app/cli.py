@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from codeyard.app.cli_service import register as register_service_commands
+from codeyard.app.run_cli import register as register_run_command
 from codeyard.app.settings import (
     InvalidSettings,
     Settings,
@@ -33,6 +35,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+register_service_commands(app)  # ls, status, logs, attach, send, rm, create
+register_run_command(app)  # run
 
 
 # Consoles are made per use, not at import: they read the terminal width (COLUMNS) and the
@@ -137,47 +141,24 @@ def doctor() -> None:
 
 @app.command()
 def demo(
-    runtime: Annotated[
-        str,
-        typer.Option(help="Container runtime: auto (Docker when it answers), memory, docker."),
-    ] = "auto",
-) -> None:
-    """Run 3 jobs through the embedded app with the scripted (offline) agent."""
-    from codeyard.app.demo import RuntimeChoice, run_demo  # noqa: PLC0415 - see module doc
-
-    choices: dict[str, RuntimeChoice] = {"auto": "auto", "memory": "memory", "docker": "docker"}
-    if runtime not in choices:
-        raise typer.BadParameter("expected auto, memory or docker", param_hint="--runtime")
-    settings = _settings()
-    report = anyio.run(run_demo, choices[runtime], settings)
-    backends = settings.backends
-    table = Table(
-        title="codeyard demo: scripted agent (offline); real CLIs land with issue #3",
-        caption=(
-            f"event bus: {backends.event_bus}, queue: {backends.queue}, "
-            f"registry: {backends.registry}, runtime: {report.runtime} ({report.runtime_note})"
+    provider: Annotated[str, typer.Option(help="Agent CLI the workers run.")] = "claude",
+    directory: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir",
+            help="Where to create the sample repository (new or empty; default: a "
+            "new temp dir). It is kept after the run.",
         ),
-    )
-    for column in ("Job", "Worker", "Events"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("Job status", no_wrap=True)
-    table.add_column("Result", overflow="fold")
-    table.add_column("Ran (s)", no_wrap=True)
-    for row in report.rows:
-        table.add_row(
-            row.job_id[:8],
-            row.worker_id,
-            str(row.events_published),
-            row.job_status.value,
-            f"{row.result_status}: {row.result_text}",
-            f"{row.started_s:.2f}-{row.finished_s:.2f}",
-        )
-    _out().print(table)
-    _out().print(
-        f"{len(report.rows)} jobs claimed concurrently by {len(report.rows)} workers "
-        f"in {report.wall_s:.2f} s wall time; events published to the event bus and read back.",
-        highlight=False,
-    )
+    ] = None,
+) -> None:
+    """Three parallel tasks on a sample repository in Docker workers, reviewed and merged:
+    the built-in scripted model when the provider's API key is not set, else the real one.
+    Exit 1 unless all three end merged."""
+    from codeyard.app.demo import demo_command  # noqa: PLC0415 - see module doc
+
+    result = demo_command(_settings(), provider=provider, directory=directory)
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -229,6 +210,7 @@ def worker(
     --standby the worker id, instructions, env and allowed commands come from the assignment
     published on worker:standby:<SLOT>; a signal before it arrives exits quietly (code 0).
     """
+    from codeyard.app.observability.logging import configure_logging  # noqa: PLC0415
     from codeyard.app.worker_agent import AgentOptions  # noqa: PLC0415 - see module doc
     from codeyard.app.worker_main import WorkerConfig, run_worker  # noqa: PLC0415
 
@@ -261,6 +243,7 @@ def worker(
         agent=AgentOptions(binary=agent_binary, base_url=base_url, api_key=api_key),
     )
     settings = _settings()
+    configure_logging(settings.log_level, json=settings.log_json)
     try:
         anyio.run(run_worker, settings, config)
     except InvalidInput as exc:
@@ -277,9 +260,11 @@ def serve() -> None:
     are adopted by the next start.
     """
     from codeyard.app.manager.serve import serve as run_serve  # noqa: PLC0415 - see module doc
+    from codeyard.app.observability.logging import configure_logging  # noqa: PLC0415
     from codeyard.domain.errors import CodeyardError  # noqa: PLC0415
 
     settings = _settings()
+    configure_logging(settings.log_level, json=settings.log_json)
     if settings.backends.event_bus != "redis":
         _err().print(
             "[bold red]serve needs a shared event bus:[/] set "

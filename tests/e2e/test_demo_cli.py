@@ -1,74 +1,84 @@
-"""End to end: the ``codeyard`` console script runs the demo on real Redis, Postgres and
-Docker, and what it reports is what the services hold afterwards."""
+"""End to end: ``codeyard demo`` as a subprocess, offline (no API key: the built-in scripted
+model), on real Docker: three tasks in parallel worker containers with the real Claude Code
+CLI, one sent back by the reviewer and fixed in round two, all merged; the sample
+repository it leaves holds the results as branches."""
 
 from __future__ import annotations
 
 import os
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import anyio
-import asyncpg
 import docker
-import redis
+import pytest
+
+from tests.integration.manager_support import claude_worker_image  # noqa: F401 - fixture
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.docker,
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+    pytest.mark.usefixtures("claude_worker_image"),
+]
+CODEYARD = str(Path(sys.executable).with_name("codeyard"))
 
 
-async def _fetch(dsn: str, query: str) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await conn.fetch(query)
-    finally:
-        await conn.close()
-
-
-def test_demo_runs_on_redis_postgres_and_docker(
-    redis_db: str, postgres_db: str, docker_client: docker.DockerClient
-) -> None:
-    script = shutil.which("codeyard", path=str(Path(sys.executable).parent))
-    assert script, "the codeyard console script is installed in the venv"
-    env = {
-        **os.environ,
-        "COLUMNS": "250",
-        "CODEYARD_BACKENDS__EVENT_BUS": "redis",
-        "CODEYARD_BACKENDS__QUEUE": "postgres",
-        "CODEYARD_BACKENDS__REGISTRY": "postgres",
-        "CODEYARD_REDIS_URL": redis_db,
-        "CODEYARD_POSTGRES_DSN": postgres_db,
-    }
+def git(repo: Path, *args: str) -> str:
     done = subprocess.run(
-        [script, "demo", "--runtime", "docker"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True
     )
-    assert done.returncode == 0, done.stderr
-    out = done.stdout
-    assert "event bus: redis, queue: postgres, registry: postgres, runtime: docker" in out
-    assert out.count("succeeded") == 3
+    return done.stdout
 
-    # The services hold what the demo reported: three finished jobs, three stopped workers...
-    jobs = anyio.run(_fetch, postgres_db, "SELECT status, attempts FROM codeyard_jobs")
-    workers = anyio.run(_fetch, postgres_db, "SELECT worker_id, status FROM codeyard_workers")
-    assert sorted((j["status"], j["attempts"]) for j in jobs) == [("succeeded", 1)] * 3
-    assert [w["status"] for w in workers] == ["stopped"] * 3
 
-    # ...and one output stream per worker that handled a job, ending in a result event.
-    client = redis.Redis.from_url(redis_db, decode_responses=True)
-    try:
-        streams = sorted(str(k) for k in client.scan_iter(match="worker:*:output"))
-        handled = {s.split(":")[1] for s in streams}
-        assert handled <= {str(w["worker_id"]) for w in workers}
-        results = 0
-        for stream in streams:
-            entries = client.xrange(stream)
-            assert isinstance(entries, list)
-            events = [str((fields or {})["event"]) for _, fields in entries]
-            assert '"type":"result"' in events[-1]
-            results += sum('"type":"result"' in e for e in events)
-        assert results == 3, "exactly one result event per job"
-    finally:
-        client.close()
+async def test_demo_runs_three_tasks_offline_and_leaves_the_merged_result(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    sample = tmp_path / "sample"
+    drop = ("CODEYARD_", "ANTHROPIC_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env["COLUMNS"] = "250"
+    with anyio.fail_after(840):
+        done = await anyio.run_process(
+            [CODEYARD, "demo", "--dir", str(sample)], env=env, check=False
+        )
+    out = done.stdout.decode()
+    assert done.returncode == 0, f"{out}\n{done.stderr.decode()}"
+    assert "built-in scripted model (offline" in out
+    assert f"sample repository kept at {sample}" in out
+
+    # The summary: one row per task (task, status, rounds, branch, commits, PR, cost).
+    rows = {
+        cells[0]: cells
+        for line in out.splitlines()
+        if (cells := [c.strip() for c in line.strip("│ ").split("│")])[0].startswith("t-")
+        and len(cells) >= 7
+    }
+    assert set(rows) == {"t-frontend", "t-backend", "t-docs"}, out
+    assert {r[1] for r in rows.values()} == {"merged"}
+    assert {name: r[2] for name, r in rows.items()} == {
+        "t-frontend": "1", "t-backend": "2", "t-docs": "1",
+    }  # fmt: skip
+    assert rows["t-backend"][3] == "codeyard/t-backend"
+    assert all(re.fullmatch(r"#\d+ merged", r[5]) for r in rows.values())
+    assert "Remove the TODO marker." in rows["t-backend"][7]
+
+    # The sample repository holds the results; its own main and working tree are as made.
+    merged = {
+        n: git(sample, "show", f"codeyard/merged:app/{n}.txt")
+        for n in ("frontend", "backend", "docs")
+    }
+    assert merged == {"frontend": "frontend v1\n", "backend": "backend v2\n", "docs": "docs v1\n"}
+    subjects = git(sample, "log", "--format=%s", "main..codeyard/merged").splitlines()
+    assert sorted(s.split(":")[0] for s in subjects) == [
+        "feat(backend)",
+        "feat(docs)",
+        "feat(frontend)",
+    ]
+    assert git(sample, "show", "codeyard/t-backend:app/backend.txt") == "backend v2\n"
+    assert git(sample, "status", "--porcelain") == ""
+    assert git(sample, "symbolic-ref", "--short", "HEAD").strip() == "main"
+    assert not (sample / "app" / "frontend.txt").exists()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import re
 
 import pytest
 from typer.testing import CliRunner
@@ -104,31 +103,3 @@ def test_doctor_passes_with_memory_backends_whatever_is_installed() -> None:
     assert result.exit_code == 0, result.output
     assert "all required checks passed" in result.stdout
     assert "extra CA certificates" in result.stdout
-
-
-@pytest.mark.timeout(60)
-def test_demo_runs_three_jobs_and_prints_a_results_table() -> None:
-    result = runner.invoke(app, ["demo", "--runtime", "memory"], env=WIDE)
-    assert result.exit_code == 0, result.output
-    out = result.stdout
-    assert "scripted agent (offline); real CLIs land with issue #3" in out
-    rows = [line for line in out.splitlines() if re.search(r"demo-[0-9a-f]{8}-worker-", line)]
-    assert len(rows) == 3
-    for row in rows:
-        assert "succeeded" in row
-        assert "success: Done:" in row
-        assert "│ 7 " in row  # seven events published and read back per run
-    assert "3 jobs claimed concurrently by 3 workers" in out
-
-
-def test_demo_refuses_an_unknown_runtime() -> None:
-    result = runner.invoke(app, ["demo", "--runtime", "podman"])
-    assert result.exit_code == 2
-
-
-@pytest.mark.timeout(60)
-def test_demo_uses_the_docker_runtime_when_asked(docker_client: object) -> None:
-    result = runner.invoke(app, ["demo", "--runtime", "docker"], env=WIDE)
-    assert result.exit_code == 0, result.output
-    assert "runtime: docker" in result.stdout
-    assert len([line for line in result.stdout.splitlines() if "succeeded" in line]) == 3

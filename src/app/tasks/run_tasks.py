@@ -25,6 +25,7 @@ import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Protocol
 
 import anyio
@@ -58,6 +59,27 @@ class TaskRunConfig:
     turn_timeout_s: float = 1800.0
     rate_limit_retries: int = 3
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(base_s=5.0, max_s=120.0))
+    #: The model of every developer turn (``None``: the CLI's default).
+    model: str | None = None
+
+
+class Phase(StrEnum):
+    """Where a task is, for progress displays (``TaskRunner.run(on_phase=...)``)."""
+
+    STARTING = "starting"
+    CODING = "coding"
+    REVIEWING = "reviewing"
+
+
+@dataclass(frozen=True)
+class TaskPhase:
+    """A task entered ``phase`` in ``round`` (0 before the first); ``worker_id`` once the
+    task's worker exists (follow its events with ``client.events``)."""
+
+    task_id: str
+    phase: Phase
+    round: int
+    worker_id: str | None
 
 
 def throttled(result: AgentResult) -> bool:
@@ -84,6 +106,11 @@ class _Progress:
     pr: PullRequest | None = None
     rounds: int = 0
     cost: float = 0.0
+    on_phase: Callable[[TaskPhase], None] | None = None
+
+    def enter(self, phase: Phase) -> None:
+        if self.on_phase is not None:
+            self.on_phase(TaskPhase(self.task.id, phase, self.rounds, self.worker_id))
 
     def outcome(self, status: TaskStatus, **extra: object) -> TaskOutcome:
         return TaskOutcome.model_validate(
@@ -135,14 +162,16 @@ class TaskRunner:
         *,
         cancel: anyio.Event | None = None,
         on_outcome: Callable[[TaskOutcome], None] | None = None,
+        on_phase: Callable[[TaskPhase], None] | None = None,
     ) -> list[TaskOutcome]:
-        """Run every task; one outcome per task, in the order given."""
+        """Run every task; one outcome per task, in the order given. ``on_phase`` is
+        called (synchronously: keep it quick) when a task starts, codes or is reviewed."""
         outcomes: dict[str, TaskOutcome] = {}
         limiter = anyio.CapacityLimiter(self._config.concurrency)
 
         async def one(task: CodingTask) -> None:
             async with limiter:
-                outcome = await self._run_one(task)
+                outcome = await self._run_one(task, on_phase)
             outcomes[task.id] = outcome
             if on_outcome is not None:
                 on_outcome(outcome)
@@ -164,9 +193,12 @@ class TaskRunner:
             for t in tasks
         ]
 
-    async def _run_one(self, task: CodingTask) -> TaskOutcome:
-        progress = _Progress(task)
+    async def _run_one(
+        self, task: CodingTask, on_phase: Callable[[TaskPhase], None] | None = None
+    ) -> TaskOutcome:
+        progress = _Progress(task, on_phase=on_phase)
         try:
+            progress.enter(Phase.STARTING)
             # Unique per run: a worker id names one worker forever (a rerun of the task
             # must not find the ended worker of an earlier run).
             worker_id = f"w-{task.id}-{secrets.token_hex(3)}"
@@ -192,6 +224,7 @@ class TaskRunner:
         prompt = task.prompt
         while True:
             progress.rounds += 1
+            progress.enter(Phase.CODING)
             report = await self._turn(progress, prompt)
             if report.result.status is not ResultStatus.SUCCESS:
                 error = report.result.error or report.result.terminal_reason or "agent failed"
@@ -207,6 +240,7 @@ class TaskRunner:
                 title=task.headline,
                 body=f"{task.prompt}\n\n(codeyard task {task.id})",
             )
+            progress.enter(Phase.REVIEWING)
             verdict = await self._reviewer.review(progress.pr, task=task.prompt)
             decision = await decide(self._host, progress.pr, verdict, message=task.commit_message)
             progress.pr = decision.pr
@@ -238,7 +272,12 @@ class TaskRunner:
         while True:
             request_id = f"{task.id}-r{progress.rounds}-a{attempt}"
             await self._client.send(
-                worker_id, prompt, request_id=request_id, git=step, env=self._turn_env
+                worker_id,
+                prompt,
+                request_id=request_id,
+                git=step,
+                env=self._turn_env,
+                model=self._config.model,
             )
             # Read from the start, filtering by request id: entry ids of the input and the
             # output stream are not comparable on every bus.
