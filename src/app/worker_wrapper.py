@@ -138,6 +138,9 @@ class WorkerWrapper:
         # The assignment's env (a git token among it) reaches git as it reaches the agent.
         git_env = {**os.environ, **self._base_env}
         self._workspace = GitWorkspace(workdir, env=git_env, keep=keep)
+        self._cumulative_cost = agent.capabilities().cumulative_cost
+        #: The last running cost total reported per session (cumulative_cost agents).
+        self._session_costs: dict[str, float] = {}
 
     async def run(self) -> None:
         """Write the instructions, announce ``ready``, serve prompts; ``stopped`` at the end."""
@@ -227,7 +230,8 @@ class WorkerWrapper:
             if git is not None:
                 await git.prepare()  # a GitFailed refuses the turn like a bad request
             async with contextlib.aclosing(self._agent.execute(request)) as events:
-                async for event in events:
+                async for raw_event in events:
+                    event = self._own_cost(request, raw_event)
                     if git is None or not git.hold(event):
                         await self._publish(event)
                     if isinstance(event.payload, ResultPayload):
@@ -250,6 +254,23 @@ class WorkerWrapper:
         self.turns += 1
         if result is not None and result.session_id:
             self.session_id = result.session_id
+
+    def _own_cost(self, request: AgentRequest, event: AgentEvent) -> AgentEvent:
+        """A result's cost as this run's own: some CLIs report the session's running total."""
+        payload = event.payload
+        if not isinstance(payload, ResultPayload):
+            return event
+        result = payload.result
+        total, session = result.cost_usd, result.session_id
+        if total is None:
+            return event
+        if session is not None and self._cumulative_cost:
+            earlier = self._session_costs.get(request.session_id or "", 0.0)
+            self._session_costs[session] = total
+            if request.session_id is not None and total >= earlier:
+                own = result.model_copy(update={"cost_usd": round(total - earlier, 10)})
+                return event.model_copy(update={"payload": ResultPayload(result=own)})
+        return event
 
     def _request(self, message: WorkerInput) -> AgentRequest:
         options: dict[str, object] = {

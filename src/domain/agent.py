@@ -47,6 +47,9 @@ class AgentCapabilities(DomainModel):
     streaming_deltas: bool
     reports_cost: bool
     max_turns: bool
+    #: A resumed run's ``cost_usd`` includes the earlier runs of its session (Claude Code's
+    #: ``total_cost_usd``); the worker turns it into the run's own cost.
+    cumulative_cost: bool = False
 
 
 class AgentRequest(DomainModel):

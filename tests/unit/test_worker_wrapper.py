@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from codeyard.adapters.cli.agent import CliCodeAgent
 from codeyard.adapters.memory.clock import SystemClock
 from codeyard.adapters.memory.code_agent import (
+    DEFAULT_CAPABILITIES,
     Pause,
     ScriptedCodeAgent,
     ScriptItem,
@@ -27,7 +28,7 @@ from codeyard.adapters.memory.event_bus import InMemoryEventBus
 from codeyard.app.cli import app
 from codeyard.app.worker_agent import AgentOptions, build_agent
 from codeyard.app.worker_wrapper import INPUT_GROUP, WorkerWrapper, instructions_file
-from codeyard.domain.agent import AgentRequest, ResultStatus
+from codeyard.domain.agent import AgentRequest, AgentResult, ResultStatus
 from codeyard.domain.errors import CodeyardError, InvalidInput, NotFound, UnsupportedProvider
 from codeyard.domain.events import (
     AgentEvent,
@@ -181,6 +182,37 @@ async def test_second_prompt_resumes_the_first_session(tmp_path: Path) -> None:
     assert seen[1].session_id == session
     assert seen[2].session_id is None  # new_session: not resumed
     assert h.wrapper.session_id not in (None, session)  # the fresh session is the one kept
+
+
+async def test_a_cumulative_session_cost_is_reported_per_run(tmp_path: Path) -> None:
+    totals = iter([0.0012, 0.0018, 0.0005])  # claude: running totals; the third is new
+
+    def script(request: AgentRequest) -> list[ScriptItem]:
+        session = request.session_id or ("s-new" if request.prompt == "fresh" else "s-1")
+        result = AgentResult(
+            status=ResultStatus.SUCCESS,
+            provider="scripted",
+            session_id=session,
+            cost_usd=next(totals),
+        )
+        return [InitPayload(session_id=session), ResultPayload(result=result)]
+
+    caps = DEFAULT_CAPABILITIES.model_copy(update={"cumulative_cost": True})
+    async with running(tmp_path, ScriptedCodeAgent(script, capabilities=caps)) as h:
+        inputs: list[dict[str, object]] = [
+            {"prompt": "one"},
+            {"prompt": "two"},
+            {"prompt": "fresh", "new_session": True},
+        ]
+        for count, message in enumerate(inputs, start=1):
+            await h.send(message)
+
+            def done(ev: list[AgentEvent], count: int = count) -> bool:
+                return len(results(ev)) == count
+
+            events = await h.wait_for(done)
+    costs = [r.payload.result.cost_usd for r in results(events)]  # type: ignore[union-attr]
+    assert costs == [0.0012, 0.0006, 0.0005]
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,9 @@ class ClaudeSpec:
             streaming_deltas=self._config.partial_messages,
             reports_cost=True,
             max_turns=True,
+            # total_cost_usd after --resume includes the session's earlier runs (recorded:
+            # ../shared/agent-transcripts/claude run1 0.0012, run2-resume 0.0018).
+            cumulative_cost=True,
         )
 
     def check(self, request: AgentRequest) -> None:
