@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from codeyard.app.cli_images import register as register_image_commands
 from codeyard.app.cli_service import register as register_service_commands
 from codeyard.app.run_cli import register as register_run_command
 from codeyard.app.settings import (
@@ -37,6 +38,7 @@ app = typer.Typer(
 )
 register_service_commands(app)  # ls, status, logs, attach, send, rm, create
 register_run_command(app)  # run
+register_image_commands(app)  # images ls|build|gc, gc
 
 
 # Consoles are made per use, not at import: they read the terminal width (COLUMNS) and the

@@ -19,11 +19,18 @@ import anyio.to_thread
 import asyncpg
 import redis.asyncio as aioredis
 
+from codeyard.adapters.docker.base_image import base_tag
 from codeyard.adapters.docker.client import open_docker_client
 from codeyard.app.settings import Settings, mask_url, unknown_env_vars
 
 PROBE_TIMEOUT_S = 5.0
 CA_CERTS_DIR = Path("/usr/local/share/ca-certificates")
+#: OCI runtimes codeyard can use -> what each one brings (none is required: runc suffices).
+OCI_RUNTIMES = {
+    "runc": "the default",
+    "sysbox-runc": "Docker-in-Docker, unprivileged (the docker module)",
+    "runsc": "gVisor: a user-space kernel between agents and the host",
+}
 
 #: Agent CLI binary -> how to install it (pinned: a plain install may resolve an old cache).
 AGENT_CLIS = {
@@ -81,6 +88,79 @@ async def check_docker(settings: Settings) -> Check:
             "or point CODEYARD_DOCKER_HOST / DOCKER_HOST at a running one",
         )
     return Check("Docker engine", Status.OK, required, f"Docker {version.get('Version', '?')}")
+
+
+async def check_engine_extras(settings: Settings) -> list[Check]:
+    """OCI runtimes the engine offers and the base image (both information only)."""
+    distro = settings.worker_base_distro
+    try:
+        with anyio.fail_after(PROBE_TIMEOUT_S):
+            client = await anyio.to_thread.run_sync(
+                lambda: open_docker_client(settings.docker_host, max_pool_size=2, timeout_s=3),
+                abandon_on_cancel=True,
+            )
+        try:
+            info = await anyio.to_thread.run_sync(client.info)
+            base = await anyio.to_thread.run_sync(
+                lambda: client.api.images(name=base_tag(distro), quiet=True)
+            )
+        finally:
+            client.close()
+    except Exception as exc:  # the engine check says why; these two cannot tell
+        detail = f"the Docker engine does not answer ({_error(exc)})"
+        return [
+            Check("OCI runtimes", Status.SKIP, False, detail),
+            Check("worker base image", Status.SKIP, False, detail),
+        ]
+    return [
+        runtimes_check(sorted(info.get("Runtimes") or {})),
+        base_image_check(distro, bool(base)),
+    ]
+
+
+def runtimes_check(available: list[str]) -> Check:
+    missing = [name for name in OCI_RUNTIMES if name not in available]
+    detail = f"engine offers: {', '.join(available) or 'none'}"
+    if not missing:
+        return Check("OCI runtimes", Status.OK, False, detail)
+    lacks = "; ".join(f"no {name} ({OCI_RUNTIMES[name]})" for name in missing)
+    return Check(
+        "OCI runtimes",
+        Status.WARN,
+        False,
+        f"{detail}; {lacks}",
+        "optional: install sysbox (github.com/nestybox/sysbox) or gVisor (gvisor.dev) and "
+        "register it in /etc/docker/daemon.json, then restart dockerd",
+    )
+
+
+def base_image_check(distro: str, present: bool) -> Check:
+    tag = base_tag(distro)
+    if present:
+        return Check("worker base image", Status.OK, False, tag)
+    return Check(
+        "worker base image",
+        Status.MISSING,
+        False,
+        f"{tag} not built yet (the first worker builds it: ~30 s, then its image: minutes)",
+        "codeyard images build",
+    )
+
+
+def check_redis_server(settings: Settings) -> Check:
+    """The embedded mode (``codeyard run`` without a service) starts its own redis-server."""
+    if settings.redis_url is not None:
+        return Check("redis-server", Status.SKIP, False, "CODEYARD_REDIS_URL set: not needed")
+    path = shutil.which("redis-server")
+    if path:
+        return Check("redis-server", Status.OK, False, f"{path} (for the embedded mode)")
+    return Check(
+        "redis-server",
+        Status.MISSING,
+        False,
+        "not on PATH: `codeyard run` without a service starts a private one",
+        "apt-get install redis-server, or set CODEYARD_REDIS_URL to a running Redis",
+    )
 
 
 async def check_redis(settings: Settings) -> Check:
@@ -151,7 +231,8 @@ def check_agent_clis() -> list[Check]:
 def check_ca_certs(folder: Path = CA_CERTS_DIR) -> Check:
     certs = sorted(p.name for p in folder.rglob("*.crt")) if folder.is_dir() else []
     if certs:
-        return Check("extra CA certificates", Status.OK, False, f"{folder}: {', '.join(certs)}")
+        listing = f"{len(certs)} in {folder}: {', '.join(certs)}"
+        return Check("extra CA certificates", Status.OK, False, listing)
     return Check(
         "extra CA certificates",
         Status.MISSING,
@@ -183,11 +264,19 @@ async def run_checks(settings: Settings) -> list[Check]:
     async def probe(name: str) -> None:
         results[name] = await probes[name](settings)
 
+    extras: list[Check] = []
+
+    async def engine_extras() -> None:
+        extras.extend(await check_engine_extras(settings))
+
     async with anyio.create_task_group() as tg:
         for name in probes:
             tg.start_soon(probe, name)
+        tg.start_soon(engine_extras)
     return [
         *(results[name] for name in probes),
+        *extras,
+        check_redis_server(settings),
         *check_agent_clis(),
         check_ca_certs(),
         check_env(),
