@@ -124,6 +124,10 @@ async def _open_clients(settings: Settings, closers: list[_Closer]) -> dict[str,
         client = aioredis.Redis.from_url(
             settings.secret("redis_url"),
             decode_responses=True,
+            # Blocking reads hold a connection each (the manager follows every worker's
+            # output stream): redis-py's default pool of 100 capped a manager near 100
+            # workers (measured by bench/parallel.py).
+            max_connections=settings.redis_max_connections,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
         )
         closers.append(_Closer("redis", client.aclose))

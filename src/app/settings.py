@@ -108,6 +108,12 @@ class Settings(BaseSettings):
         description="Redis URL (`redis://`, `rediss://`, `unix://`). "
         "Required when `backends.event_bus=redis`.",
     )
+    redis_max_connections: int = Field(
+        default=2048,
+        ge=1,
+        description="Connections the Redis client may open; each blocking read (one per "
+        "watched worker in the manager) holds one.",
+    )
     postgres_dsn: SecretStr | None = Field(
         default=None,
         description="PostgreSQL DSN (`postgresql://user:pass@host:5432/db`). "
