@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import shlex
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -45,6 +46,7 @@ EGRESS_NETWORK = "codeyard-egress"
 _EGRESS_BRIDGE = "cy-egress"
 _BRIDGE_OPTION = "com.docker.network.bridge.name"
 _IPTABLES_TIMEOUT_S = 30.0
+_IPTABLES_RACE_ATTEMPTS = 4
 
 
 def network_names(ports: Sequence[int], bridge_tag: str = "") -> tuple[str, str]:
@@ -231,24 +233,33 @@ class DockerNetworks:
                 self._iptables.remove_bridge(bridge)
 
     def _create(self, name: str, bridge: str, ports: Sequence[int]) -> None:
-        try:
-            self._api.create_network(
-                name,
-                driver="bridge",
-                options={
-                    _BRIDGE_OPTION: bridge,
-                    "com.docker.network.bridge.enable_icc": "false",
-                },
-                labels={
-                    LABEL_OWNER: self._owner,
-                    LABEL_POLICY: "allowlist" if ports else "egress",
-                    LABEL_PORTS: _ports_label(ports),
-                },
-                check_duplicate=True,
-            )
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:  # 409: another process created it meanwhile
-                raise
+        for attempt in range(1, _IPTABLES_RACE_ATTEMPTS + 1):
+            try:
+                self._api.create_network(
+                    name,
+                    driver="bridge",
+                    options={
+                        _BRIDGE_OPTION: bridge,
+                        "com.docker.network.bridge.enable_icc": "false",
+                    },
+                    labels={
+                        LABEL_OWNER: self._owner,
+                        LABEL_POLICY: "allowlist" if ports else "egress",
+                        LABEL_PORTS: _ports_label(ports),
+                    },
+                    check_duplicate=True,
+                )
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:  # another process created it meanwhile
+                    return
+                # Two engines on one host share iptables' FORWARD chain; each re-inserts its
+                # DOCKER-ISOLATION jump when it makes a network, and one can fail on the
+                # other's change ("Bad rule"). Transient: the next attempt finds it settled.
+                if attempt == _IPTABLES_RACE_ATTEMPTS or "iptables" not in str(exc):
+                    raise
+                time.sleep(0.2 * attempt)
+            else:
+                return
 
     def _inspect(self, name: str) -> dict[str, Any] | None:
         try:
