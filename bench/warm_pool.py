@@ -28,9 +28,7 @@ reported, the run's result). The floor reference is the host's wall time of
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import platform
 import subprocess
 import sys
@@ -42,14 +40,17 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # `python bench/warm_pool.py` puts bench/, not the root, first
-    sys.path.insert(0, str(ROOT))
+# `python bench/warm_pool.py` puts bench/ first on sys.path, where a bench script named like
+# a stdlib module would shadow it for every later import: put the root there instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+sys.path.insert(0, str(ROOT))
 
 import anyio  # noqa: E402
 import anyio.to_thread  # noqa: E402
 import docker  # noqa: E402
 import structlog  # noqa: E402
 
+from bench._common import stats, write_result  # noqa: E402
 from codeyard.app.bootstrap import open_app  # noqa: E402
 from codeyard.app.manager.launch import LABEL_ROLE, ROLE_STANDBY  # noqa: E402
 from codeyard.app.manager.serve import build_manager, run_manager, worker_images  # noqa: E402
@@ -82,20 +83,6 @@ class Sample:
     ready: float
     agent_started: float
     result: float
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (``q`` in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    return ordered[max(math.ceil(q / 100 * len(ordered)) - 1, 0)]
-
-
-def stats(values: list[float]) -> dict[str, Any]:
-    return {
-        "p50_ms": round(percentile(values, 50), 1),
-        "p95_ms": round(percentile(values, 95), 1),
-        "samples_ms": [round(v, 1) for v in values],
-    }
 
 
 async def server_ms(redis: Any) -> float:
@@ -270,12 +257,7 @@ def main() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     n = 2 if args.smoke else args.repetitions
     result = anyio.run(run_bench, n)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"{NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
-    line = summary_line(result)
-    with (args.out_dir / "summary.md").open("a") as summary:
-        summary.write(line)
-    print(line, end="")
+    write_result(args.out_dir, NAME, result, summary_line(result))
 
 
 if __name__ == "__main__":
