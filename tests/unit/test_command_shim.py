@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from codeyard.app.command_shim import AGENT_COMMANDS, SHIM_DIR, build_shim, command_name
+from tests.services import service_unavailable
 
 SEARCH = os.environ.get("PATH", os.defpath)
 
@@ -72,7 +73,7 @@ def test_only_allowed_and_agent_commands_are_found(tmp_path: Path) -> None:
 
 def test_a_node_script_agent_gets_node_and_a_rebuild_replaces_the_shim(tmp_path: Path) -> None:
     if shutil.which("node", path=SEARCH) is None:
-        pytest.skip("node is not installed")
+        service_unavailable("node", "not on PATH", "scripts/dev setup (installs Node.js)")
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     cli = bin_dir / "fake-cli"
