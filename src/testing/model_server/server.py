@@ -8,27 +8,22 @@ cancelled.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import math
 import socket
 import struct
-from collections.abc import Generator
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Self
 
 import anyio
-import uvicorn
-from anyio.abc import TaskGroup
 
+from codeyard.adapters.embedded_http import serve_asgi
 from codeyard.domain.errors import ServiceUnavailable
 from codeyard.testing.model_server.app import ModelApp, ServerState
 from codeyard.testing.model_server.recording import RecordedRequest
 from codeyard.testing.model_server.router import Script
 
 _SIOCGIFADDR = 0x8915
-_STARTUP_TIMEOUT_S = 10.0
 
 
 def interface_ipv4(name: str = "docker0") -> str:
@@ -42,15 +37,6 @@ def interface_ipv4(name: str = "docker0") -> str:
         msg = f"network interface {name!r} has no IPv4 address (is Docker running?)"
         raise ServiceUnavailable(msg, service="docker", interface=name) from exc
     return socket.inet_ntoa(packed[20:24])
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its signal handlers: inside a test run, Ctrl-C and SIGTERM belong
-    to the host process, not to a helper server."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
 
 
 class ModelServer:
@@ -77,11 +63,8 @@ class ModelServer:
         self.requests: list[RecordedRequest] = []
         self._wanted_port = port
         self._port: int | None = None
-        self._uvicorn: _EmbeddedServer | None = None
         self._stack: AsyncExitStack | None = None
         self._state: ServerState | None = None
-        self._stopped: anyio.Event | None = None
-        self._task_group: TaskGroup | None = None
 
     # --- addresses -----------------------------------------------------------------------
 
@@ -120,73 +103,22 @@ class ModelServer:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self._wanted_port))
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self._port = sock.getsockname()[1]
         self._state = ServerState(self.scenario, self.requests, anyio.Event())
-        config = uvicorn.Config(
-            ModelApp(self._state).build(),
-            lifespan="off",
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            ws="none",
-            timeout_graceful_shutdown=max(1, math.ceil(self.shutdown_timeout)),
+        state = self._state
+        stack = AsyncExitStack()
+        running = await stack.enter_async_context(
+            serve_asgi(
+                ModelApp(state).build(),
+                host=self.host,
+                port=self._wanted_port,
+                service="model-server",
+                shutdown_timeout=self.shutdown_timeout,
+                # Streams in progress (Stall, Delay) end at once instead of timing out.
+                on_closing=state.closing.set,
+            )
         )
-        self._uvicorn = _EmbeddedServer(config)
-        self._stopped = anyio.Event()
-        self._stack = AsyncExitStack()
-        task_group = await self._stack.enter_async_context(anyio.create_task_group())
-        task_group.start_soon(self._serve, sock)
-        try:
-            await self._wait_started()
-        except BaseException:
-            await self._shutdown(task_group)
-            await self._stack.aclose()
-            raise
-        self._task_group = task_group
+        self._stack, self._port = stack, running.port
         return self
-
-    async def _serve(self, sock: socket.socket) -> None:
-        assert self._uvicorn is not None
-        assert self._stopped is not None
-        try:
-            await self._uvicorn.serve(sockets=[sock])
-        finally:
-            sock.close()
-            self._stopped.set()
-
-    async def _wait_started(self) -> None:
-        assert self._uvicorn is not None
-        assert self._stopped is not None
-        with anyio.fail_after(_STARTUP_TIMEOUT_S):
-            while not self._uvicorn.started:
-                if self._stopped.is_set():
-                    msg = "the model server stopped during start-up"
-                    raise ServiceUnavailable(msg, service="model-server")
-                await anyio.sleep(0.01)
-
-    async def _shutdown(self, task_group: TaskGroup) -> None:
-        assert self._uvicorn is not None
-        assert self._stopped is not None
-        assert self._state is not None
-        # Shielded with a deadline: the server must stop even when the caller is being
-        # cancelled, and must not hang the caller on a stuck connection.
-        with anyio.CancelScope(shield=True):
-            self._state.closing.set()
-            self._uvicorn.should_exit = True
-            with anyio.move_on_after(self.shutdown_timeout + 2):
-                await self._stopped.wait()
-            if not self._stopped.is_set():
-                self._uvicorn.force_exit = True
-                task_group.cancel_scope.cancel()
 
     async def __aexit__(
         self,
@@ -195,9 +127,7 @@ class ModelServer:
         tb: TracebackType | None,
     ) -> None:
         assert self._stack is not None
-        assert self._task_group is not None
         try:
-            await self._shutdown(self._task_group)
-        finally:
             await self._stack.__aexit__(exc_type, exc, tb)
-            self._port = None
+        finally:
+            self._stack, self._port = None, None
