@@ -163,94 +163,21 @@ def demo(
         raise typer.Exit(1)
 
 
-@app.command()
-def worker(
-    *,
-    worker_id: Annotated[
-        str | None, typer.Option("--worker-id", help="Serve as this worker at once.")
-    ] = None,
-    standby: Annotated[
-        str | None,
-        typer.Option(
-            "--standby",
-            metavar="SLOT",
-            help="Wait for an assignment on worker:standby:SLOT, then serve as its worker.",
-        ),
-    ] = None,
-    provider: Annotated[str, typer.Option(help="Agent provider (claude, codex, ...).")] = "claude",
-    workdir: Annotated[
-        Path, typer.Option(help="Where the agent works (default: current directory).")
-    ] = Path(),
-    home: Annotated[
-        Path | None,
-        typer.Option(
-            help="The agent CLI's private HOME (default: ~/.codeyard/workers/ID, "
-            "or ~/.codeyard/workers/standby-SLOT)."
-        ),
-    ] = None,
-    instructions_file: Annotated[
-        Path | None,
-        typer.Option(
-            help="Instructions copied to CLAUDE.md / GEMINI.md / AGENTS.md (--worker-id only; "
-            "a standby worker gets them from its assignment)."
-        ),
-    ] = None,
-    heartbeat_s: Annotated[float, typer.Option(min=0.01, help="Heartbeat interval.")] = 10.0,
-    agent_binary: Annotated[
-        str | None, typer.Option(help="The agent CLI executable (default: on PATH).")
-    ] = None,
-    base_url: Annotated[str | None, typer.Option(help="The model API's base URL.")] = None,
-    api_key_env: Annotated[
-        str | None,
-        typer.Option(help="NAME of the environment variable holding the model API key."),
-    ] = None,
-) -> None:
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def worker(ctx: typer.Context) -> None:
     """Serve a worker's input stream with an agent CLI (runs inside the worker container).
 
-    Prompts are read from worker:<ID>:input, events written to worker:<ID>:output (Redis, from
-    the CODEYARD_* settings); ends on a {"type": "stop"} message, SIGTERM or SIGINT. With
-    --standby the worker id, instructions, env and allowed commands come from the assignment
-    published on worker:standby:<SLOT>; a signal before it arrives exits quietly (code 0).
+    The same as the codeyard-worker command (the one worker containers run): see
+    `codeyard worker --help` for its options.
     """
-    from codeyard.app.observability.logging import configure_logging  # noqa: PLC0415
-    from codeyard.app.worker_agent import AgentOptions  # noqa: PLC0415 - see module doc
-    from codeyard.app.worker_main import WorkerConfig, run_worker  # noqa: PLC0415
+    from codeyard.app.worker_cli import main as worker_main  # noqa: PLC0415 - see module doc
 
-    if (worker_id is None) == (standby is None):
-        raise typer.BadParameter(
-            "give exactly one of --worker-id and --standby", param_hint="--worker-id/--standby"
-        )
-    if standby is not None and instructions_file is not None:
-        raise typer.BadParameter(
-            "a standby worker gets its instructions from its assignment",
-            param_hint="--instructions-file",
-        )
-    api_key = None
-    if api_key_env is not None:
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            raise typer.BadParameter(f"{api_key_env} is not set", param_hint="--api-key-env")
-    instructions = None
-    if instructions_file is not None:
-        instructions = instructions_file.read_text(encoding="utf-8")
-    default_home = worker_id if worker_id is not None else f"standby-{standby}"
-    config = WorkerConfig(
-        worker_id=worker_id,
-        standby_slot=standby,
-        provider=provider,
-        workdir=workdir.resolve(),
-        home=(home or Path.home() / ".codeyard" / "workers" / default_home).resolve(),
-        instructions=instructions,
-        heartbeat_s=heartbeat_s,
-        agent=AgentOptions(binary=agent_binary, base_url=base_url, api_key=api_key),
-    )
-    settings = _settings()
-    configure_logging(settings.log_level, json=settings.log_json)
-    try:
-        anyio.run(run_worker, settings, config)
-    except InvalidInput as exc:
-        _err().print(f"[bold red]cannot start the worker:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from exc
+    code = worker_main(ctx.args, prog="codeyard worker")
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -8,18 +8,29 @@ clients through streams another process can read, which the in-memory bus is not
 Two modes: ``worker_id`` serves that worker at once; ``standby_slot`` first waits for an
 assignment on ``worker:standby:{slot}`` (:mod:`codeyard.app.worker_standby`), and a
 signal during that wait ends the process without publishing anything.
+
+Lean on purpose: a worker needs the event bus and a clock, nothing else, so it opens one
+Redis client itself instead of going through :func:`codeyard.app.bootstrap.open_app`, whose
+imports (docker, asyncpg, dependency-injector) cost ~0.3 s of every container's start
+(measured by bench/spawn.py). The container's command is ``codeyard-worker``
+(:mod:`codeyard.app.worker_cli`), which skips the typer/rich CLI for the same reason.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import redis.asyncio as aioredis
+import redis.exceptions
 
-from codeyard.app.bootstrap import open_app
+from codeyard.adapters.memory.clock import SystemClock
+from codeyard.adapters.redis.event_bus import RedisEventBus
 from codeyard.app.settings import InvalidSettings, Settings, env_var_name
 from codeyard.app.worker_agent import (
     NATIVE_ALLOWLIST,
@@ -30,7 +41,12 @@ from codeyard.app.worker_agent import (
 )
 from codeyard.app.worker_standby import StandbyConfig, run_standby
 from codeyard.app.worker_wrapper import WorkerWrapper
+from codeyard.domain.errors import ServiceUnavailable
 from codeyard.ports.code_agent import CodeAgent
+
+#: How long reaching Redis may take before the worker gives up (the manager then reports
+#: the container's exit).
+CONNECT_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,29 @@ class WorkerConfig:
             raise ValueError(msg)
 
 
+@asynccontextmanager
+async def open_worker_bus(settings: Settings) -> AsyncIterator[RedisEventBus]:
+    """The worker's event bus on its own Redis client, pinged (``ServiceUnavailable``)."""
+    client = aioredis.Redis.from_url(
+        settings.secret("redis_url"),
+        decode_responses=True,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+    )
+    bus = RedisEventBus(client)
+    try:
+        try:
+            with anyio.fail_after(CONNECT_TIMEOUT_S):
+                await client.ping()
+        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
+            raise ServiceUnavailable(
+                "Redis unreachable", service="redis", detail=str(exc) or type(exc).__name__
+            ) from exc
+        yield bus
+    finally:
+        with anyio.move_on_after(settings.shutdown_timeout_s, shield=True):
+            await bus.aclose()
+
+
 async def run_worker(settings: Settings, config: WorkerConfig) -> None:
     """Serve until a stop message, SIGTERM or SIGINT."""
     if settings.backends.event_bus != "redis":
@@ -72,7 +111,8 @@ async def run_worker(settings: Settings, config: WorkerConfig) -> None:
     # Before connecting: a provider or option the worker cannot run fails fast (InvalidInput),
     # and a standby worker is warm (adapter imported) before it waits.
     agent = build(None)
-    async with open_app(settings) as app, anyio.create_task_group() as tg:
+    clock = SystemClock()
+    async with open_worker_bus(settings) as bus, anyio.create_task_group() as tg:
 
         async def stop_on_signal() -> None:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -91,17 +131,17 @@ async def run_worker(settings: Settings, config: WorkerConfig) -> None:
                 agent_executable=agent_executable(config.provider, config.agent),
                 native_allowlist=config.provider in NATIVE_ALLOWLIST,
             )
-            await run_standby(app.event_bus, app.clock, standby, agent, build)
+            await run_standby(bus, clock, standby, agent, build)
         else:
             assert config.worker_id is not None  # __post_init__
             wrapper = WorkerWrapper(
                 config.worker_id,
-                app.event_bus,
+                bus,
                 agent,
                 workdir=config.workdir,
                 instructions=config.instructions,
                 provider=config.provider,
-                clock=app.clock,
+                clock=clock,
                 heartbeat_s=config.heartbeat_s,
             )
             await wrapper.run()

@@ -1,6 +1,6 @@
 """A standby worker: wait for a :class:`WorkerAssignment`, then serve as that worker.
 
-Every worker container boots in standby (``codeyard worker --standby SLOT``): a cold create
+Every worker container boots in standby (``codeyard-worker --standby SLOT``): a cold create
 publishes the assignment right before starting the container, a warm-pool claim publishes
 it to a container that has waited for a while. Decisions:
 

@@ -1,5 +1,5 @@
 """A worker manager on the local-process runtime: real Redis, the real Claude CLI against
-the scripted model server, workers as ``codeyard worker --standby`` processes (no Docker).
+the scripted model server, workers as ``codeyard-worker --standby`` processes (no Docker).
 
 The Docker suites cover the real containers; this one makes the manager's logic (commands,
 watcher, reconciler, pool) cheap to exercise.
@@ -57,7 +57,7 @@ def local_config(redis_url: str, server: ModelServer, owner: str, **over: Any) -
             *("--agent-binary", str(claude_binary())),
             *("--base-url", server.base_url, "--api-key-env", KEY_ENV),
         ),
-        worker_executable=str(Path(sys.executable).with_name("codeyard")),
+        worker_executable=str(Path(sys.executable).with_name("codeyard-worker")),
         worker_workdir=None,
         heartbeat_s=0.5,
         heartbeat_timeout_s=5.0,

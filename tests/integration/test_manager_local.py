@@ -43,7 +43,8 @@ def _pids_of(worker_marker: str) -> list[int]:
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if worker_marker.encode() in argv and b"worker" in argv:
+            is_worker = any(arg.endswith(b"codeyard-worker") for arg in argv)
+            if worker_marker.encode() in argv and is_worker:
                 found.append(int(entry.name))
     return found
 

@@ -41,7 +41,7 @@ def test_worker_container_runs_the_standby_wrapper_with_the_managers_env() -> No
     made = worker_container_spec(
         spec, image="codeyard-worker:abc", image_hash="abc", slot="w-1", config=CONFIG
     )
-    assert made.command[:6] == ("codeyard", "worker", "--standby", "w-1", "--provider", "codex")
+    assert made.command[:5] == ("codeyard-worker", "--standby", "w-1", "--provider", "codex")
     assert made.command[-2:] == ("--base-url", "http://host.docker.internal:8080")
     assert made.env == dict(CONFIG.worker_env)
     assert made.labels == {

@@ -26,6 +26,7 @@ from codeyard.app.worker_agent import (
     agent_executable,
     build_agent,
 )
+from codeyard.app.worker_cli import main as worker_cli_main
 from codeyard.app.worker_standby import StandbyConfig, parse_assignment, run_standby
 from codeyard.domain.agent import AgentRequest
 from codeyard.domain.errors import InvalidInput
@@ -256,12 +257,19 @@ def test_native_allowlist_and_executables_per_provider() -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        ([], "exactly one of --worker-id and --standby"),
-        (["--worker-id", "w1", "--standby", "s1"], "exactly one of --worker-id and --standby"),
+        ([], "one of the arguments --worker-id --standby is required"),
+        (["--worker-id", "w1", "--standby", "s1"], "not allowed with argument"),
         (["--standby", "s1", "--instructions-file", "x.md"], "from its assignment"),
     ],
 )
-def test_worker_command_needs_exactly_one_mode(argv: list[str], message: str) -> None:
+def test_worker_command_needs_exactly_one_mode(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Both spellings: the container's lean ``codeyard-worker`` and ``codeyard worker``.
+    with pytest.raises(SystemExit) as exited:
+        worker_cli_main(argv)
+    assert exited.value.code == 2
+    assert message in " ".join(capsys.readouterr().err.split())
     result = CliRunner().invoke(app, ["worker", *argv], env={"COLUMNS": "200"})
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())

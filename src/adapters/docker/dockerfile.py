@@ -224,6 +224,8 @@ def render(
             f"RUN python3 -m venv {WRAPPER_VENV} \\",
             f" && {WRAPPER_VENV}/bin/pip install --no-cache-dir /tmp/wheels/*.whl \\",
             f" && ln -s {WRAPPER_VENV}/bin/codeyard /usr/local/bin/codeyard \\",
+            # The lean entry point every worker container runs (codeyard.app.worker_cli).
+            f" && ln -s {WRAPPER_VENV}/bin/codeyard-worker /usr/local/bin/codeyard-worker \\",
             " && rm -rf /tmp/wheels",
         ]
     agent = _agent_spec(recipe)

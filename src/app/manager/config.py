@@ -25,14 +25,15 @@ class ManagerConfig:
     #: Environment every worker container starts with: how it reaches the event bus
     #: (``CODEYARD_BACKENDS__EVENT_BUS``, ``CODEYARD_REDIS_URL``) and the model API key.
     worker_env: Mapping[str, str] = field(default_factory=dict)
-    #: Extra arguments of ``codeyard worker`` (``--base-url URL``, ``--api-key-env NAME``).
+    #: Extra arguments of ``codeyard-worker`` (``--base-url URL``, ``--api-key-env NAME``).
     worker_args: tuple[str, ...] = ()
     #: Host ports every worker may reach (Redis, a model endpoint on the host).
     host_ports: tuple[int, ...] = ()
     #: ``/etc/hosts`` additions of every worker (``host.docker.internal: host-gateway``).
     extra_hosts: Mapping[str, str] = field(default_factory=dict)
-    #: The ``codeyard`` executable inside worker containers.
-    worker_executable: str = "codeyard"
+    #: The ``codeyard-worker`` executable inside worker containers (the lean entry point,
+    #: :mod:`codeyard.app.worker_cli`).
+    worker_executable: str = "codeyard-worker"
     #: The worker's working directory (the agent's workspace; the image's ``/workspace``).
     #: ``None``: the runtime's default (the local-process runtime's own workspace).
     worker_workdir: str | None = "/workspace"

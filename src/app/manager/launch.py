@@ -2,7 +2,7 @@
 
 Pure functions (no I/O): the manager, the warm pool and the reconciler share them.
 
-* Every worker container runs ``codeyard worker --standby SLOT``: it waits for a
+* Every worker container runs ``codeyard-worker --standby SLOT``: it waits for a
   :class:`~codeyard.domain.worker_io.WorkerAssignment` on ``worker:standby:{SLOT}``. A cold
   create uses the worker id as the slot; a warm-pool container has a ``pool-*`` slot.
 * Network: a worker must reach the event bus (Redis) on the host, so EGRESS and ALLOWLIST
@@ -75,7 +75,6 @@ def worker_container_spec(
     role = ROLE_STANDBY if slot.startswith("pool-") else ROLE_WORKER
     command = (
         config.worker_executable,
-        "worker",
         "--standby",
         slot,
         "--provider",

@@ -1,7 +1,7 @@
 """WarmPool: started standby containers, so a create skips the cold start.
 
 For each template spec (``ManagerConfig.warm_pool_templates``) the pool keeps
-``warm_pool_size`` containers started in standby (``codeyard worker --standby pool-*``: the
+``warm_pool_size`` containers started in standby (``codeyard-worker --standby pool-*``: the
 wrapper has imported its agent and connected to Redis, and blocks on its standby stream). A
 create whose spec matches a template in everything that shapes the *container* (image,
 resources, network, runtime, labels; not instructions, allowed commands or env, which the
