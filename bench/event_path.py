@@ -12,15 +12,17 @@ the other on a fresh stream, consumer in a separate process (as a client is):
 
 - ``codeyard``: the producer does what the worker wrapper does per CLI stdout line:
   ``ClaudeStreamParser.feed`` (recorded claude transcripts, a fresh parser per run), stamp
-  with an ``EventSequencer`` (``AgentEvent.ts`` = the producer timestamp), then
-  ``RedisEventBus.publish`` of ``{event: model_dump_json(), type}``, awaited one by one.
+  with an ``EventSequencer`` (``AgentEvent.ts`` = the producer timestamp), then hands
+  ``{event: model_dump_json(), type}`` to the wrapper's ``BatchingPublisher``
+  (src/app/event_publisher.py), whose task sends what is buffered with one
+  ``RedisEventBus.publish_many`` (MULTI/EXEC); a flush at the end.
   The consumer reads with ``RedisEventBus.read(block_s=...)`` and decodes each entry with
   ``AgentEvent.model_validate_json`` (as ``CodeyardClient.events`` does).
 - ``raw_pipelined`` (the baseline): the *same* event JSON strings, precomputed, sent with
   redis-py pipelined ``XADD`` (``--batch`` per pipeline) plus a ``t`` field (producer
   time); the consumer is a bare ``XREAD BLOCK`` loop reading ``t``.
 - ``raw_sequential`` (diagnostic only): the raw producer with one awaited ``XADD`` per
-  event, i.e. the round trip per event the codeyard path pays, without its CPU work.
+  event, i.e. the round trip per event the codeyard path paid before it batched.
 
 - ``codeyard_paced`` / ``raw_paced``: the codeyard and the raw (one XADD each) producers
   at a steady ``--rate`` (default 200 events/s, a busy CLI with partial messages) for a
@@ -59,6 +61,7 @@ from bench.parser import TRANSCRIPTS, load_runs  # noqa: E402
 from codeyard.adapters.claude.parser import ClaudeStreamParser  # noqa: E402
 from codeyard.adapters.cli.types import Parsed  # noqa: E402
 from codeyard.adapters.redis.event_bus import RedisEventBus  # noqa: E402
+from codeyard.app.event_publisher import BatchingPublisher  # noqa: E402
 from codeyard.domain.events import AgentEvent, EventSequencer  # noqa: E402
 from codeyard.domain.worker_io import EVENT_FIELD, TYPE_FIELD  # noqa: E402
 from tests.services import find_redis_server, start_redis  # noqa: E402
@@ -152,11 +155,16 @@ class Pacer:
 async def produce_codeyard(
     bus: RedisEventBus, stream: str, runs: list[list[str]], n: int, pacer: Pacer
 ) -> None:
-    for parsed, sequencer in parsed_of(runs, n):
-        await pacer.wait()  # before stamping: the wait is not part of the latency
-        event = sequencer.stamp(parsed.payload, raw=parsed.raw)
-        fields = {EVENT_FIELD: event.model_dump_json(), TYPE_FIELD: event.payload.type}
-        await bus.publish(stream, fields)
+    publisher = BatchingPublisher(bus, stream)  # what the worker wrapper publishes through
+    async with anyio.create_task_group() as tg:
+        await tg.start(publisher.run)
+        for parsed, sequencer in parsed_of(runs, n):
+            await pacer.wait()  # before stamping: the wait is not part of the latency
+            event = sequencer.stamp(parsed.payload, raw=parsed.raw)
+            fields = {EVENT_FIELD: event.model_dump_json(), TYPE_FIELD: event.payload.type}
+            await publisher.send(fields)
+        await publisher.flush()
+        tg.cancel_scope.cancel()
 
 
 async def produce_raw(

@@ -18,15 +18,21 @@ from ``worker:{id}:output``; the manager is not in the path. Decisions:
   does not replay handled prompts. An entry is ACKed once its terminal event is published
   (the turn's result, or the error event of a malformed entry); entries left pending by a
   crashed predecessor are claimed and run again first (at-least-once per prompt).
+* **Publishing.** Every output event goes through one :class:`.BatchingPublisher`: the
+  loop hands events to its buffer and its task sends whatever is buffered in one
+  ``publish_many`` (a lone event at once, a burst in few round trips), in hand-over order.
+  Before an ACK the wrapper flushes it, so "published" above means on the stream. A
+  publish failure ends the publisher task and with it :meth:`WorkerWrapper.run`.
 * **Worker-wide request settings** (a standby worker's assignment): ``base_env`` is under
   every turn's ``env`` (the prompt's ``env`` wins), ``pinned_env`` over it (the PATH of an
   ``allowed_commands`` shim, which no prompt may widen), ``allowed_commands`` goes into
   every request.
 * **Git** (a prompt's ``git``): clone/branch before, commit/push after (:mod:`.worker_git`).
 * **Multi-turn**: every turn resumes the session id of the last result that reported one.
-* **Cancellation** (SIGTERM, the manager stopping the worker) mid-turn publishes a
-  ``cancelled`` result for that turn and ACKs it, then ``stopped``, inside a shielded
-  scope with a deadline; the cancellation is re-raised.
+* **Cancellation** (SIGTERM, the manager stopping the worker) mid-turn publishes the
+  events still buffered, a ``cancelled`` result for that turn and ACKs it, then
+  ``stopped``, inside a shielded scope with a deadline (the publisher, its task gone,
+  publishes directly); the cancellation is re-raised.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from pathlib import Path
 import anyio
 import structlog
 
+from codeyard.app.event_publisher import BatchingPublisher
 from codeyard.app.worker_git import GitWorkspace, TurnGit
 from codeyard.domain.agent import AgentProvider, AgentRequest, AgentResult, ResultStatus
 from codeyard.domain.errors import CodeyardError
@@ -129,6 +136,7 @@ class WorkerWrapper:
         self._output = worker_output_stream(worker_id)
         self._own = EventSequencer(provider=provider, worker_id=worker_id)
         self._own_lock = anyio.Lock()
+        self._events = BatchingPublisher(event_bus, self._output)
         #: The session the next turn resumes (the last one a result reported).
         self.session_id: str | None = None
         self.turns = 0
@@ -147,14 +155,19 @@ class WorkerWrapper:
         # A file write on a possibly slow workspace volume: off the event loop.
         await anyio.to_thread.run_sync(self._write_instructions)
         await self._bus.ensure_group(self._input, INPUT_GROUP)
-        await self._lifecycle("ready", consumer=self._consumer)
+        await self._lifecycle("ready", consumer=self._consumer)  # direct: no task yet
         reason = "failed"  # an exception escaped (the event bus went away...)
         try:
             async with anyio.create_task_group() as tg:
+                await tg.start(self._events.run)
                 tg.start_soon(self._heartbeat)
                 await self._serve()
                 reason = "stop_requested"
-                tg.cancel_scope.cancel()
+                # Under the lock no heartbeat is handed over: the publisher is idle once
+                # flushed, and the cancel cuts no batch short.
+                async with self._own_lock:
+                    await self._events.flush()
+                    tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             reason = "cancelled"
             raise
@@ -206,14 +219,19 @@ class WorkerWrapper:
             message = parse_worker_message(entry.fields)
         except CodeyardError as exc:
             await self._own_event(_error(exc, entry.id))
-            await self._bus.ack(self._input, INPUT_GROUP, [entry.id])
+            await self._ack(entry.id)
             return False
         if isinstance(message, WorkerStop):
-            await self._bus.ack(self._input, INPUT_GROUP, [entry.id])
+            await self._ack(entry.id)
             return True
         await self._turn(message, entry.id)
-        await self._bus.ack(self._input, INPUT_GROUP, [entry.id])
+        await self._ack(entry.id)
         return False
+
+    async def _ack(self, entry_id: str) -> None:
+        """ACK an input entry once the events published for it are on the stream."""
+        await self._events.flush()
+        await self._bus.ack(self._input, INPUT_GROUP, [entry_id])
 
     # --- one turn --------------------------------------------------------------------------
 
@@ -317,7 +335,7 @@ class WorkerWrapper:
             terminal_reason="worker_stopped",
         )
         await self._publish(sequencer.stamp(ResultPayload(result=result)))
-        await self._bus.ack(self._input, INPUT_GROUP, [entry_id])
+        await self._ack(entry_id)
 
     # --- output ----------------------------------------------------------------------------
 
@@ -333,14 +351,14 @@ class WorkerWrapper:
         await self._own_event(payload)
 
     async def _own_event(self, payload: EventPayload) -> None:
-        # The heartbeat task publishes too: stamping and publishing under one lock keeps
-        # the wrapper's own seq in stream order.
+        # The heartbeat task publishes too: stamping and handing over under one lock keeps
+        # the wrapper's own seq in stream order (the publisher keeps hand-over order).
         async with self._own_lock:
             await self._publish(self._own.stamp(payload))
 
     async def _publish(self, event: AgentEvent) -> None:
         fields = {EVENT_FIELD: event.model_dump_json(), TYPE_FIELD: event.payload.type}
-        await self._bus.publish(self._output, fields)
+        await self._events.send(fields)
 
     def _write_instructions(self) -> None:
         # The workdir too, instructions or not: every turn runs there.

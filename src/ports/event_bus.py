@@ -16,6 +16,10 @@ class EventBus(Protocol):
     Contract:
     - ``publish`` appends and returns the entry id; ids strictly increase per stream.
       ``maxlen`` trims approximately-oldest entries but never below ``maxlen`` entries.
+    - ``publish_many`` appends its entries in order, in one step: one round trip, and no
+      other publisher's entry lands between them (all or none are appended, barring a
+      transport failure after the append); the ids it returns strictly increase, like those
+      of as many ``publish`` calls. Empty ``entries`` return ``[]`` without a round trip.
     - ``read`` returns entries with id > ``after`` in order, at most ``count``, waiting up
       to ``block_s`` for the first one when none is there (``None`` or ``<= 0``: do not
       wait — unlike Redis' ``BLOCK 0``, which waits forever).
@@ -41,6 +45,13 @@ class EventBus(Protocol):
         self, stream: str, fields: Mapping[str, str], *, maxlen: int | None = None
     ) -> str:
         """Append an entry; returns its id."""
+        ...
+
+    async def publish_many(
+        self, stream: str, entries: Sequence[Mapping[str, str]], *, maxlen: int | None = None
+    ) -> list[str]:
+        """Append ``entries`` in order in one step (see the contract); returns their ids.
+        Any empty ``fields`` among them raises ``InvalidInput`` before anything is sent."""
         ...
 
     async def read(

@@ -147,6 +147,78 @@ async def test_maxlen_trims_oldest_but_never_below_maxlen(event_bus: EventBus, s
     assert ids_of(await event_bus.read(stream, count=1000)) == ids[-kept:]
 
 
+async def test_publish_many_appends_in_order_after_earlier_entries(
+    event_bus: EventBus, stream: str
+) -> None:
+    first = await event_bus.publish(stream, {"n": "first"})
+    batch = [{"n": str(i), "kind": "batch"} for i in range(50)]
+    ids = await event_bus.publish_many(stream, batch)
+    last = await event_bus.publish(stream, {"n": "last"})
+    keys = [parse_stream_id(i) for i in [first, *ids, last]]
+    assert all(a < b for a, b in itertools.pairwise(keys))
+    everything = await event_bus.read(stream, count=1000)
+    assert ids_of(everything) == [first, *ids, last]
+    assert [m.fields for m in everything] == [{"n": "first"}, *batch, {"n": "last"}]
+
+
+async def test_publish_many_of_nothing_appends_nothing(event_bus: EventBus, stream: str) -> None:
+    assert await event_bus.publish_many(stream, []) == []
+    assert await event_bus.length(stream) == 0
+    assert await event_bus.read(stream) == []
+
+
+async def test_publish_many_refuses_an_empty_entry_and_appends_none(
+    event_bus: EventBus, stream: str
+) -> None:
+    with pytest.raises(InvalidInput):
+        await event_bus.publish_many(stream, [{"k": "v"}, {}])
+    with pytest.raises(InvalidInput):
+        await event_bus.publish_many(stream, [{"k": "v"}], maxlen=0)
+    assert await event_bus.length(stream) == 0
+
+
+async def test_publish_many_trims_but_never_below_maxlen(event_bus: EventBus, stream: str) -> None:
+    ids = await event_bus.publish_many(stream, [{"n": str(i)} for i in range(250)], maxlen=10)
+    kept = await event_bus.length(stream)
+    assert 10 <= kept < 250
+    assert ids_of(await event_bus.read(stream, count=1000)) == ids[-kept:]
+
+
+async def test_concurrent_batches_do_not_interleave(event_bus: EventBus, stream: str) -> None:
+    batches: dict[int, list[str]] = {}
+
+    async def producer(p: int) -> None:
+        for b in range(5):
+            entries = [{"p": str(p), "b": str(b), "i": str(i)} for i in range(20)]
+            batches[p * 10 + b] = await event_bus.publish_many(stream, entries)
+
+    async with anyio.create_task_group() as tg:
+        for p in range(4):
+            tg.start_soon(producer, p)
+    stored = ids_of(await event_bus.read(stream, count=1000))
+    assert sorted(stored, key=parse_stream_id) == stored
+    assert len(stored) == 4 * 5 * 20
+    for ids in batches.values():
+        start = stored.index(ids[0])
+        assert stored[start : start + len(ids)] == ids
+
+
+async def test_blocking_read_wakes_on_publish_many(event_bus: EventBus, stream: str) -> None:
+    got: list[StreamMessage] = []
+
+    async def reader() -> None:
+        with anyio.fail_after(5):
+            while len(got) < 3:
+                after = got[-1].id if got else "0-0"
+                got.extend(await event_bus.read(stream, after=after, block_s=5))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await anyio.sleep(0.1)
+        ids = await event_bus.publish_many(stream, [{"n": str(i)} for i in range(3)])
+    assert ids_of(got) == ids
+
+
 async def test_delete_stream_is_idempotent_and_removes_groups(
     event_bus: EventBus, stream: str
 ) -> None:

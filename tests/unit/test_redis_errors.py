@@ -14,7 +14,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from codeyard.adapters.redis.event_bus import RedisEventBus
-from codeyard.domain.errors import InvalidInput, ServiceUnavailable
+from codeyard.domain.errors import Conflict, InvalidInput, ServiceUnavailable
 
 pytestmark = pytest.mark.anyio
 
@@ -22,6 +22,7 @@ Operation = Callable[[RedisEventBus], Awaitable[object]]
 
 OPERATIONS: dict[str, Operation] = {
     "publish": lambda bus: bus.publish("s", {"k": "v"}, maxlen=10),
+    "publish_many": lambda bus: bus.publish_many("s", [{"k": "v"}, {"k": "w"}], maxlen=10),
     "read": lambda bus: bus.read("s"),
     "read_blocking": lambda bus: bus.read("s", block_s=1),
     "ensure_group": lambda bus: bus.ensure_group("s", "g"),
@@ -60,7 +61,7 @@ async def test_closed_port_raises_service_unavailable(operation: str) -> None:
         await bus.aclose()
 
 
-@pytest.mark.parametrize("operation", ["publish", "read", "read_group"])
+@pytest.mark.parametrize("operation", ["publish", "publish_many", "read", "read_group"])
 async def test_silent_server_times_out_as_service_unavailable(operation: str) -> None:
     async def never_answer(conn: anyio.abc.SocketStream) -> None:
         async with conn:
@@ -98,3 +99,19 @@ async def test_block_longer_than_socket_timeout_is_not_an_error(redis_url: str) 
 def test_client_must_decode_responses() -> None:
     with pytest.raises(InvalidInput):
         RedisEventBus(aioredis.Redis())
+
+
+async def test_a_key_of_another_type_is_a_conflict_for_both_publishes(redis_url: str) -> None:
+    # Checks the reply's kind survives publish_many's pipeline (redis-py would prefix it).
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    bus, key = RedisEventBus(client), "test:wrong-type-publish"
+    try:
+        await client.set(key, "a string")
+        with pytest.raises(Conflict):
+            await bus.publish(key, {"k": "v"})
+        with pytest.raises(Conflict):
+            await bus.publish_many(key, [{"k": "v"}, {"k": "w"}])
+        assert await client.get(key) == "a string"
+    finally:
+        await client.delete(key)
+        await bus.aclose()

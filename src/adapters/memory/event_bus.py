@@ -115,21 +115,32 @@ class InMemoryEventBus:
     async def publish(
         self, stream: str, fields: Mapping[str, str], *, maxlen: int | None = None
     ) -> str:
-        if not fields:
+        return (await self.publish_many(stream, [fields], maxlen=maxlen))[0]
+
+    async def publish_many(
+        self, stream: str, entries: Sequence[Mapping[str, str]], *, maxlen: int | None = None
+    ) -> list[str]:
+        if any(not fields for fields in entries):
             raise InvalidInput("a stream entry needs at least one field", stream=stream)
         if maxlen is not None:
             _positive(maxlen, "maxlen")
         await anyio.lowlevel.checkpoint()
+        if not entries:
+            return []
+        # No await from here on: the entries go in together (Redis: one atomic script).
         state = self._streams.setdefault(stream, _Stream())
         ms = int(self._clock.now().timestamp() * 1000)
-        last_ms, last_seq = state.last_id
-        new_id = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
-        state.last_id = new_id
-        state.entries.append((new_id, dict(fields)))
+        ids: list[str] = []
+        for fields in entries:
+            last_ms, last_seq = state.last_id
+            new_id = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
+            state.last_id = new_id
+            state.entries.append((new_id, dict(fields)))
+            ids.append(_fmt(new_id))
         if maxlen is not None and len(state.entries) > maxlen:
             del state.entries[: len(state.entries) - maxlen]
         self._wake(stream)
-        return _fmt(new_id)
+        return ids
 
     async def read(
         self, stream: str, *, after: str = "0-0", count: int = 100, block_s: float | None = None
