@@ -12,6 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from codeyard.adapters.cli.trusted import trusted
 from codeyard.domain.agent import AgentResult, ResultStatus, TokenUsage
 
 PROVIDER = "claude"
@@ -22,6 +23,12 @@ JsonObject = dict[str, Any]
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 #: Claude's own error categories (assistant ``error`` / ``api_retry.error``) that recover.
 _RETRYABLE_ERRORS = frozenset({"rate_limit", "overloaded", "server_error", "overloaded_error"})
+
+# Unvalidated builders (codeyard.adapters.cli.trusted): every value below comes from the
+# readers of this module, which return the field's type and range only (count: int >= 0,
+# non_negative: finite float >= 0 or None, as_str: str or None), or from constants.
+_token_usage = trusted(TokenUsage)
+_agent_result = trusted(AgentResult)
 
 
 def as_dict(value: object) -> JsonObject:
@@ -62,7 +69,7 @@ def retryable(status: int | None, category: str | None) -> bool:
 
 def usage_from(data: Mapping[str, Any]) -> TokenUsage:
     """Anthropic's usage object; cache writes are ``cache_creation_input_tokens``."""
-    return TokenUsage(
+    return _token_usage(
         input_tokens=count(data.get("input_tokens")),
         output_tokens=count(data.get("output_tokens")),
         cache_read_tokens=count(data.get("cache_read_input_tokens")),
@@ -109,7 +116,7 @@ def result_from(obj: JsonObject, *, session_id: str | None, last_text: str) -> A
         status = ResultStatus.ERROR
     answer = as_str(obj.get("result"))
     duration_ms = non_negative(obj.get("duration_ms"))
-    return AgentResult(
+    return _agent_result(
         status=status,
         provider=PROVIDER,
         session_id=session_id,
