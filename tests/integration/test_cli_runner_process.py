@@ -24,7 +24,7 @@ from codeyard.adapters.docker import DockerExecLauncher
 from codeyard.adapters.process import LocalProcessHandle, LocalProcessLauncher
 from codeyard.domain.agent import AgentRequest, AgentResult, ResultStatus
 from codeyard.domain.errors import ExecutableNotFound
-from codeyard.domain.events import AgentEvent
+from codeyard.domain.events import AgentEvent, LifecyclePayload
 from tests.contract.test_code_agent import assert_well_formed_run
 from tests.fixtures.fake_provider import PROVIDER, FakeSpec, line
 
@@ -76,14 +76,22 @@ class Harness:
     async def run(
         self, request: AgentRequest, *, cancel_after: int | None = None
     ) -> list[AgentEvent]:
+        """The run's events; the first is checked here for every test: the
+        ``agent_started`` lifecycle event with the CLI's pid, before any output."""
         events: list[AgentEvent] = []
         with anyio.fail_after(DEADLINE_S):
             async with contextlib.aclosing(self.agent.execute(request)) as stream:
                 async for event in stream:
                     events.append(event)
-                    if cancel_after is not None and len(events) == cancel_after:
+                    if cancel_after is not None and len(events) == cancel_after + 1:
+                        # + 1: counted in output events, after agent_started.
                         await self.agent.cancel(request.id)
                         await self.agent.cancel(request.id)  # idempotent
+        started = events[0]
+        assert isinstance(started.payload, LifecyclePayload), started
+        assert started.payload.state == "agent_started"
+        assert isinstance(started.payload.detail["pid"], int)
+        assert started.seq == 0
         return events
 
     def assert_nothing_left(self) -> None:
@@ -100,7 +108,8 @@ def result_of(events: list[AgentEvent], request: AgentRequest) -> AgentResult:
 
 
 def types(events: list[AgentEvent]) -> list[str]:
-    return [e.payload.type for e in events]
+    """The payload types after ``agent_started`` (checked by :meth:`Harness.run`)."""
+    return [e.payload.type for e in events[1:]]
 
 
 # --- natural ends -------------------------------------------------------------------------
@@ -362,7 +371,7 @@ async def test_an_over_long_line_becomes_a_raw_event(tmp_path: Path) -> None:
     request = h.request()
     events = await h.run(request)
     assert result_of(events, request).status is ResultStatus.SUCCESS
-    raw = events[0]
+    raw = events[1]
     assert raw.payload.type == "raw"
     assert raw.payload.reason == "line_too_long"
     assert raw.raw == "x" * 1024
@@ -376,7 +385,7 @@ async def test_stderr_is_capped_with_a_notice(tmp_path: Path) -> None:
     events = await h.run(request)
     result = result_of(events, request)
     assert types(events) == ["stderr", "stderr", "stderr", "lifecycle", "result"]
-    notice = events[3].payload
+    notice = events[4].payload
     assert notice.type == "lifecycle"
     assert (notice.state, notice.detail["dropped_lines"]) == ("stderr_capped", 7)
     assert result.error is not None
@@ -394,7 +403,7 @@ async def test_home_files_and_env(tmp_path: Path) -> None:
     h = Harness(home, spec)
     request = h.request()
     events = await h.run(request)
-    assert [e.raw for e in events[:3]] == [f"HOME={home}", "FAKE_TOKEN=t", "USER=<unset>"]
+    assert [e.raw for e in events[1:4]] == [f"HOME={home}", "FAKE_TOKEN=t", "USER=<unset>"]
     written = home / ".fake" / "settings.json"
     assert written.read_text() == '{"model": "m"}'
     assert stat.S_IMODE(written.stat().st_mode) == 0o600

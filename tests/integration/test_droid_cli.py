@@ -23,6 +23,7 @@ from codeyard.domain.events import (
     AgentEvent,
     ErrorPayload,
     InitPayload,
+    LifecyclePayload,
     MessagePayload,
     ToolResultPayload,
     ToolUsePayload,
@@ -65,7 +66,9 @@ async def test_a_tool_call_writes_the_file_then_the_answer_ends_the_run(
         assert result.status is ResultStatus.SUCCESS, result.error
         assert result.text == "Done: wrote hello.txt."
         assert target.read_text(encoding="utf-8") == content
-        init = events[0].payload
+        assert isinstance(events[0].payload, LifecyclePayload)
+        assert events[0].payload.state == "agent_started"
+        init = events[1].payload
         assert isinstance(init, InitPayload)
         assert init.model == "custom:codeyard-0"
         assert result.session_id == init.session_id is not None

@@ -129,6 +129,7 @@ async def run_cli(
     shutdown = _Shutdown(handle, limits.close_deadline_s)
     try:
         stream = RunStream(spec.name, request, invocation, parser, limits)
+        yield stream.spawned(handle.pid, PurePosixPath(invocation.argv[0]).name)
         pump = Pump(handle)
         watch = _Watch(request, pump, stream, limits)
         async with contextlib.aclosing(watch.run(cancel)) as events:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import anyio
+from pydantic import JsonValue
 
 from codeyard.adapters.cli.lines import Line, LineSplitter
 from codeyard.adapters.cli.outcome import Stop, Tally
@@ -32,6 +33,10 @@ from codeyard.domain.events import (
 
 if TYPE_CHECKING:
     from codeyard.adapters.cli.runner import RunLimits
+
+
+#: ``LifecyclePayload.state`` of a run's first event: the agent CLI was launched.
+AGENT_STARTED = "agent_started"
 
 
 class RunStream:
@@ -65,6 +70,15 @@ class RunStream:
         self._stderr_dropped = 0
         #: The CLI's own result, once it printed one (held back until the end).
         self.cli_result: AgentResult | None = None
+
+    def spawned(self, pid: int | None, executable: str) -> AgentEvent:
+        """The run's first event: the CLI process exists (``agent_started``), before its
+        first output line. A CLI can take a second to print anything (Node start-up), and
+        a client or watchdog should not have to guess whether it was launched at all."""
+        detail: dict[str, JsonValue] = {"executable": executable}
+        if pid is not None:
+            detail["pid"] = pid
+        return self._stamp(LifecyclePayload(state=AGENT_STARTED, detail=detail))
 
     def take(self, got: Inputs) -> list[AgentEvent]:
         """The events for what one wait observed, in output order per pipe."""
