@@ -20,9 +20,10 @@ competes with that refill: production behaves the same way.
 
 Clocks: every figure is a difference of Redis server times: ``TIME`` read just before the
 create command is published, and the millisecond part of the output stream's entry ids
-(``ready`` lifecycle event, the run's first event = the agent CLI has started and
-reported, the run's result). The floor reference is the host's wall time of
-``docker run --rm IMAGE true`` on the worker image.
+(``ready`` lifecycle event; ``agent_started``, the run's first event, published as soon
+as the agent CLI's process is launched; ``first_output``, the run's first event from the
+CLI's own output, i.e. after the CLI's start-up; the run's result). The floor reference is
+the host's wall time of ``docker run --rm IMAGE true`` on the worker image.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import docker  # noqa: E402
 import structlog  # noqa: E402
 
 from bench._common import stats, write_result  # noqa: E402
+from codeyard.adapters.cli.stream import AGENT_STARTED  # noqa: E402
 from codeyard.app.bootstrap import open_app  # noqa: E402
 from codeyard.app.manager.launch import LABEL_ROLE, ROLE_STANDBY  # noqa: E402
 from codeyard.app.manager.serve import build_manager, run_manager, worker_images  # noqa: E402
@@ -71,7 +73,7 @@ TARGET_WARM_AGENT_STARTED_P50_MS = 60.0
 WARM_SPEC = WorkerSpec(agent="claude")
 #: Same image as WARM_SPEC; the label is part of the container's shape, so no standby fits.
 COLD_SPEC = WorkerSpec(agent="claude", labels={"dev.codeyard.bench": "cold"})
-STEPS = ("ready", "agent_started", "result")
+STEPS = ("ready", "agent_started", "first_output", "result")
 STEP_DEADLINE_S = 120.0
 ROLE_LABEL = f"{LABEL_ROLE}={ROLE_STANDBY}"
 
@@ -82,6 +84,7 @@ class Sample:
 
     ready: float
     agent_started: float
+    first_output: float
     result: float
 
 
@@ -107,7 +110,10 @@ async def measure(client: CodeyardClient, redis: Any, spec: WorkerSpec, *, warm:
                 if isinstance(payload, LifecyclePayload) and payload.state == "ready":
                     marks.setdefault("ready", at)
                 if item.event.run_id == request_id:
-                    marks.setdefault("agent_started", at)
+                    if isinstance(payload, LifecyclePayload) and payload.state == AGENT_STARTED:
+                        marks.setdefault("agent_started", at)
+                    else:
+                        marks.setdefault("first_output", at)
                 if item.result is not None and item.event.run_id == request_id:
                     if item.result.status is not ResultStatus.SUCCESS:
                         raise RuntimeError(f"the bench prompt failed: {item.result}")
