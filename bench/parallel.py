@@ -13,10 +13,14 @@ the scripted model server, a manager in this process built like ``codeyard serve
 (``warm_pool_size=0``, ``max_workers`` above the largest N), the real claude CLI in the
 worker image (built or found cached before timing).
 
-For each N, back to back:
+For each N, back to back, two baselines and the tasks:
 
-- the floor: N concurrent ``containers.run(IMAGE, "true", remove=True)`` through the
-  Docker SDK (create, start, wait, remove), wall time until the last one is removed;
+- the Docker floor: N concurrent ``containers.run(IMAGE, "true", remove=True)`` through
+  the Docker SDK (create, start, wait, remove), wall time until the last one is removed;
+- codeyard's own spawn floor: N concurrent creates WITHOUT a prompt through the same
+  manager, each waiting for its worker's ``ready`` event, then all deleted: what the engine
+  itself needs to run N workers, so the tasks' ratio over it is the cost of the agent
+  runs (a Node CLI per task) on top of spawning;
 - the tasks: N concurrent creates with a one-line prompt, each waiting for its run's
   result; once all N results are in (N workers alive), the RSS of this process is read,
   then all N are deleted concurrently. Wall time from the first create to the last delete.
@@ -57,6 +61,7 @@ from codeyard.app.manager.serve import build_manager, run_manager, worker_images
 from codeyard.app.manager.settings import manager_config  # noqa: E402
 from codeyard.client import CodeyardClient  # noqa: E402
 from codeyard.domain.agent import ResultStatus  # noqa: E402
+from codeyard.domain.events import LifecyclePayload  # noqa: E402
 from codeyard.domain.worker import WorkerSpec  # noqa: E402
 
 NAME = "parallel"
@@ -128,6 +133,35 @@ async def run_tasks(client: CodeyardClient, app: Any, n: int) -> dict[str, Any]:
     }
 
 
+async def spawn_floor_ms(client: CodeyardClient, n: int) -> float:
+    """Wall ms of N concurrent creates without a prompt -> ``ready`` each -> all deleted."""
+    ready = 0
+    all_ready = anyio.Event()
+
+    async def one() -> None:
+        nonlocal ready
+        created = await client.create(SPEC, timeout_s=TASK_DEADLINE_S)
+        try:
+            with anyio.fail_after(TASK_DEADLINE_S):
+                async for item in client.events(created.worker_id, block_s=0.5):
+                    payload = item.event.payload
+                    if isinstance(payload, LifecyclePayload) and payload.state == "ready":
+                        break
+            ready += 1
+            if ready == n:
+                all_ready.set()
+            await all_ready.wait()
+        finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(120):
+                await client.delete(created.worker_id, timeout_s=120)
+
+    began = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for _ in range(n):
+            tg.start_soon(one)
+    return (time.perf_counter() - began) * 1000
+
+
 def floor_wall_ms(image: str, n: int) -> float:
     """Wall ms of N concurrent SDK ``run(IMAGE, "true", remove=True)`` (own pool of N)."""
     client = docker.from_env(max_pool_size=max(n, 10))
@@ -168,11 +202,18 @@ async def run_bench(sizes: list[int]) -> dict[str, Any]:
             idle_rss = rss_mb()
             for n in sizes:
                 floor = await anyio.to_thread.run_sync(floor_wall_ms, image, n)
+                spawn = await spawn_floor_ms(client, n)
                 run = await run_tasks(client, app, n)
                 run["floor_wall_ms"] = round(floor, 1)
                 run["ratio_over_floor"] = round(run["wall_ms"] / max(floor, 1.0), 2)
+                run["spawn_floor_wall_ms"] = round(spawn, 1)
+                run["ratio_over_spawn_floor"] = round(run["wall_ms"] / max(spawn, 1.0), 2)
                 runs[str(n)] = run
-                print(f"N={n}: {run['wall_ms']:.0f} ms vs floor {floor:.0f} ms", file=sys.stderr)
+                print(
+                    f"N={n}: {run['wall_ms']:.0f} ms vs docker floor {floor:.0f} ms, "
+                    f"codeyard spawn floor {spawn:.0f} ms",
+                    file=sys.stderr,
+                )
             tg.cancel_scope.cancel()
     return report(image, sizes, runs, idle_rss)
 
@@ -185,6 +226,9 @@ def report(image: str, sizes: list[int], runs: dict[str, Any], idle_rss: float) 
     out["target"] = {
         "ratio_max": TARGET_RATIO,
         "ratio_met": {n: r["ratio_over_floor"] <= TARGET_RATIO for n, r in runs.items()},
+        "ratio_over_spawn_floor_met": {
+            n: r["ratio_over_spawn_floor"] <= TARGET_RATIO for n, r in runs.items()
+        },
         "rss_max_mb": TARGET_RSS_MB,
         "rss_at_workers": RSS_AT,
         # Only judged when the 50-worker run happened (not in --smoke).
@@ -196,8 +240,10 @@ def report(image: str, sizes: list[int], runs: dict[str, Any], idle_rss: float) 
 def summary_line(result: dict[str, Any]) -> str:
     target = result["target"]
     parts = [
-        f"N={n} {r['wall_ms'] / 1000:.1f}/{r['floor_wall_ms'] / 1000:.1f} s "
-        f"(x{r['ratio_over_floor']}, {met(target['ratio_met'][n])}, RSS {r['rss_mb']:.0f} MB)"
+        f"N={n} {r['wall_ms'] / 1000:.1f} s vs docker {r['floor_wall_ms'] / 1000:.1f} s "
+        f"(x{r['ratio_over_floor']}, {met(target['ratio_met'][n])}) vs codeyard spawn "
+        f"{r['spawn_floor_wall_ms'] / 1000:.1f} s (x{r['ratio_over_spawn_floor']}, "
+        f"{met(target['ratio_over_spawn_floor_met'][n])}), RSS {r['rss_mb']:.0f} MB"
         for n, r in result["runs"].items()
     ]
     rss = "not measured" if target["rss_met"] is None else met(target["rss_met"])

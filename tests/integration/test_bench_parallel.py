@@ -56,6 +56,8 @@ def test_the_parallel_bench_runs_two_tasks_and_writes_sane_figures(
     assert run["results_wall_ms"] <= run["wall_ms"] < 600_000
     assert 0 < run["floor_wall_ms"] < 120_000
     assert run["ratio_over_floor"] > 0
+    assert 0 < run["spawn_floor_wall_ms"] < 600_000
+    assert run["ratio_over_spawn_floor"] > 0
     assert 10 < run["rss_mb"] < 4096
     assert result["target"]["rss_met"] is None  # judged at 50 workers only
     assert isinstance(result["target"]["ratio_met"]["2"], bool)
