@@ -2,7 +2,7 @@
 
 Two shortcuts (bench/parser.py measures them): lines are decoded into only the keys the
 parser reads (codeyard.adapters.claude._decode), and payloads are built without validation
-(codeyard.adapters.cli.trusted). Here, over every recorded transcript line, hand-made edge
+(codeyard.domain.trusted). Here, over every recorded transcript line, hand-made edge
 lines and thousands of mutations of them (each field removed, or replaced by a value of
 every JSON kind):
 
@@ -24,7 +24,7 @@ from codeyard.adapters.claude import parser as claude_parser
 from codeyard.adapters.claude._decode import decode_full, decode_line
 from codeyard.adapters.claude.parser import ClaudeStreamParser
 from codeyard.adapters.cli.lines import Line, split_lines
-from codeyard.adapters.cli.trusted import trusted
+from codeyard.domain.trusted import trusted
 from codeyard.domain.events import LifecyclePayload, MessagePayload, RawPayload
 from tests.unit import parser_support as kit
 

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from codeyard.adapters.cli.trusted import trusted
+from codeyard.domain.trusted import trusted
 from codeyard.domain.agent import AgentResult, ResultStatus, TokenUsage
 
 PROVIDER = "claude"
@@ -24,7 +24,7 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 #: Claude's own error categories (assistant ``error`` / ``api_retry.error``) that recover.
 _RETRYABLE_ERRORS = frozenset({"rate_limit", "overloaded", "server_error", "overloaded_error"})
 
-# Unvalidated builders (codeyard.adapters.cli.trusted): every value below comes from the
+# Unvalidated builders (codeyard.domain.trusted): every value below comes from the
 # readers of this module, which return the field's type and range only (count: int >= 0,
 # non_negative: finite float >= 0 or None, as_str: str or None), or from constants.
 _token_usage = trusted(TokenUsage)

@@ -50,7 +50,7 @@ from codeyard.adapters.claude._fields import (
     tool_output,
     usage_from,
 )
-from codeyard.adapters.cli.trusted import trusted
+from codeyard.domain.trusted import trusted
 from codeyard.adapters.cli.types import Parsed
 from codeyard.domain.events import (
     ErrorPayload,
@@ -76,7 +76,7 @@ _is_str = str.__instancecheck__
 #: System fields already in the envelope or meaningless to consumers.
 _SYSTEM_NOISE = frozenset({"type", "subtype", "uuid", "session_id"})
 
-# Unvalidated builders (codeyard.adapters.cli.trusted) for the payloads of every line: each
+# Unvalidated builders (codeyard.domain.trusted) for the payloads of every line: each
 # call site passes values of the field's type only, checked just before (isinstance,
 # as_str, required_str, the _fields readers) or constants; JSON objects come straight from
 # the decoder, so they are ``dict[str, JsonValue]``. tests/unit/test_claude_fast_path.py
