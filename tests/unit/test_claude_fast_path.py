@@ -24,8 +24,8 @@ from codeyard.adapters.claude import parser as claude_parser
 from codeyard.adapters.claude._decode import decode_full, decode_line
 from codeyard.adapters.claude.parser import ClaudeStreamParser
 from codeyard.adapters.cli.lines import Line, split_lines
-from codeyard.domain.trusted import trusted
 from codeyard.domain.events import LifecyclePayload, MessagePayload, RawPayload
+from codeyard.domain.trusted import trusted
 from tests.unit import parser_support as kit
 
 TRANSCRIPTS = sorted(kit.transcript_dir("claude").glob("*.stream.jsonl"))

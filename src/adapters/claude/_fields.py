@@ -12,8 +12,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from codeyard.domain.trusted import trusted
 from codeyard.domain.agent import AgentResult, ResultStatus, TokenUsage
+from codeyard.domain.trusted import trusted
 
 PROVIDER = "claude"
 

@@ -50,7 +50,6 @@ from codeyard.adapters.claude._fields import (
     tool_output,
     usage_from,
 )
-from codeyard.domain.trusted import trusted
 from codeyard.adapters.cli.types import Parsed
 from codeyard.domain.events import (
     ErrorPayload,
@@ -64,6 +63,7 @@ from codeyard.domain.events import (
     ToolUsePayload,
     UsagePayload,
 )
+from codeyard.domain.trusted import trusted
 
 __all__ = ["PROVIDER", "ClaudeStreamParser", "tool_output", "usage_from"]
 
