@@ -69,6 +69,8 @@ log = structlog.get_logger(__name__)
 FORWARDED_FIELD = "forwarded"
 #: How many finished entry ids a service remembers (see ``CommandService._done``).
 _DONE_MEMORY = 10_000
+#: Longest wait between retries of an entry that failed on transport trouble.
+_MAX_RETRY_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -319,15 +321,37 @@ class CommandService:
     async def _process_safely(self, message: StreamMessage) -> None:
         """Never raises for one bad entry: what failed stays pending and is retried."""
         try:
-            await self.process(message)
+            await self._process_retrying(message)
             self._remember_done(message.id)
-        except CodeyardError as exc:  # transport trouble: leave it pending
+        except CodeyardError as exc:  # transport trouble that outlasted the retries
             log.warning("command left pending", id=message.id, error=str(exc))
         except Exception:  # a bug: leave it pending; max_deliveries ends the loop
             log.exception("command processing failed", id=message.id)
         finally:
             self._in_flight.discard(message.id)
             self._slots.give_back(1)
+
+    async def _process_retrying(self, message: StreamMessage) -> None:
+        """:meth:`process`, retried with back-off on transport trouble (Redis restarting).
+        Left to the reclaim loop, an entry this process still holds would wait
+        ``min_idle_s`` (minutes) before anyone took it over; retrying is safe as
+        :meth:`process` is (a reply already published is not made twice). Gives up (the
+        entry stays pending) halfway to ``min_idle_s``, well before another manager may
+        take the entry over."""
+        cfg = self.config
+        give_up = anyio.current_time() + cfg.min_idle_s / 2
+        delay = cfg.retry_s
+        while True:
+            try:
+                await self.process(message)
+            except CodeyardError as exc:
+                if anyio.current_time() + delay >= give_up:
+                    raise
+                log.warning("command retried", id=message.id, error=str(exc), in_s=delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, _MAX_RETRY_S)
+            else:
+                return
 
     async def process(self, message: StreamMessage) -> None:
         """Answer, forward or dead-letter one entry, then ACK it."""

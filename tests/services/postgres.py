@@ -63,6 +63,8 @@ class PostgresServer:
     superuser: str = "postgres"
     _logfile: Path = field(default=Path("/dev/null"))
     _admin: AdminConnection | None = field(default=None, repr=False)
+    #: How the server was started, for :meth:`restart`.
+    argv: tuple[str, ...] = ()
 
     @property
     def socket_dir(self) -> Path:
@@ -84,6 +86,19 @@ class PostgresServer:
 
     def drop_database(self, name: str) -> None:
         self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def restart(self, *, down_s: float = 0.0, timeout: float = 30.0) -> None:
+        """A fast shutdown (SIGINT: sessions are cut, what was committed is kept), ``down_s``
+        seconds down, then the same server again on the same port and data folder."""
+        if self._admin is not None:
+            self._admin.close()
+            self._admin = None
+        stop_process(self.process, signal.SIGINT)
+        time.sleep(down_s)
+        with self._logfile.open("ab") as log:
+            self.process = _run_as(self.user, list(self.argv), cwd=self.workdir, stdout=log)
+        if not _ready(self.bindir, self.port, self.process, time.monotonic() + timeout):
+            raise ServiceStartError(f"postgres did not come back:\n{tail(self._logfile)}")
 
     def stop(self) -> None:
         if self._admin is not None:
@@ -147,6 +162,22 @@ def _run_as(
     )
 
 
+def _ready(bindir: Path, port: int, proc: subprocess.Popen[bytes], deadline: float) -> bool:
+    """Wait until the server on ``port`` accepts connections (False: exited or too late)."""
+    while time.monotonic() < deadline and proc.poll() is None:
+        ready = subprocess.run(
+            [
+                *(str(bindir / "pg_isready"), "-q", "-h", "127.0.0.1"),
+                *("-p", str(port), "-U", "postgres", "-t", "1"),
+            ],
+            check=False,
+        )
+        if ready.returncode == 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def start_postgres(bindir: Path, timeout: float = 30.0, attempts: int = 3) -> PostgresServer:
     began = time.monotonic()
     user = _unprivileged_user()
@@ -190,50 +221,17 @@ def start_postgres(bindir: Path, timeout: float = 30.0, attempts: int = 3) -> Po
         with logfile.open("wb") as log:
             if user is not None:
                 os.chown(logfile, pwd.getpwnam(user).pw_uid, -1)
-            proc = _run_as(
-                user,
-                [
-                    str(bindir / "postgres"),
-                    "-D",
-                    str(data),
-                    "-p",
-                    str(port),
-                    "-k",
-                    str(workdir / "sock"),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                ],
-                cwd=workdir,
-                stdout=log,
+            argv = (
+                str(bindir / "postgres"),
+                *("-D", str(data), "-p", str(port), "-k", str(workdir / "sock")),
+                *("-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"),
+                *("-c", "synchronous_commit=off", "-c", "full_page_writes=off"),
             )
-        server = PostgresServer(bindir, port, workdir, user, proc, _logfile=logfile)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and proc.poll() is None:
-            ready = subprocess.run(
-                [
-                    str(bindir / "pg_isready"),
-                    "-q",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "-U",
-                    "postgres",
-                    "-t",
-                    "1",
-                ],
-                check=False,
-            )
-            if ready.returncode == 0:
-                server.started_in = time.monotonic() - began
-                return server
-            time.sleep(0.05)
+            proc = _run_as(user, list(argv), cwd=workdir, stdout=log)
+        server = PostgresServer(bindir, port, workdir, user, proc, _logfile=logfile, argv=argv)
+        if _ready(bindir, port, proc, time.monotonic() + timeout):
+            server.started_in = time.monotonic() - began
+            return server
         last_error = f"exit code {proc.poll()}; log:\n{tail(logfile)}"
         stop_process(proc, signal.SIGINT)
     shutil.rmtree(workdir, ignore_errors=True)

@@ -26,6 +26,7 @@ from codeyard.adapters.codex.items import (
     tool_outcome,
 )
 from codeyard.domain.agent import AgentResult, ResultStatus, TokenUsage
+from codeyard.domain.errors import CodeyardError
 from codeyard.domain.events import (
     ErrorPayload,
     EventPayload,
@@ -53,7 +54,7 @@ def error_text(message: str) -> tuple[str, str | None]:
     return its human message and machine code when it is one, else the message as is."""
     try:
         body = json.loads(message)
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting makes json.loads recurse out
         return message, None
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
@@ -104,13 +105,15 @@ class CodexParser:
             return []
         try:
             data = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting makes json.loads recurse out
             return [Parsed(RawPayload(reason="not json"), line)]
         if not isinstance(data, dict):
             return [Parsed(RawPayload(reason="not a json object"), line)]
         try:
             payloads = self._map(data)
-        except (TypeError, ValueError, KeyError, AttributeError):  # ValidationError is a ValueError
+        # ValidationError is a ValueError; a domain model's own check raises a CodeyardError
+        # (InvalidRequest: a tool input nested deeper than pydantic validates, say).
+        except (TypeError, ValueError, KeyError, AttributeError, CodeyardError):
             # A known event whose fields have unexpected shapes: keep it, raw.
             return [
                 Parsed(RawPayload(reason=f"malformed {text_field(data, 'type')!r} event"), line)

@@ -15,10 +15,12 @@ fragment arrives: a tool call, its result, or the final ``result``.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from codeyard.adapters.cli.types import Parsed
 from codeyard.domain.agent import AgentResult, ResultStatus, TokenUsage
+from codeyard.domain.errors import CodeyardError
 from codeyard.domain.events import (
     ErrorPayload,
     EventPayload,
@@ -44,6 +46,8 @@ def _count(data: dict[str, Any], key: str) -> int | None:
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # 1e999 parses as inf (and int() of it raises)
     return max(0, int(value))
 
 
@@ -89,7 +93,7 @@ class GeminiParser:
             return []
         try:
             data = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting makes json.loads recurse out
             return [Parsed(RawPayload(reason="not json"), line)]
         if not isinstance(data, dict):
             return [Parsed(RawPayload(reason="not a json object"), line)]
@@ -99,7 +103,9 @@ class GeminiParser:
             if kind in ("tool_use", "tool_result", "result"):
                 flushed = self._flush()
             payloads = self._map(kind, data)
-        except (TypeError, ValueError, KeyError, AttributeError):  # ValidationError included
+        # ValidationError is a ValueError; a domain model's own check raises a CodeyardError
+        # (InvalidRequest: a tool input nested deeper than pydantic validates, say).
+        except (TypeError, ValueError, KeyError, AttributeError, CodeyardError):
             payloads = [RawPayload(reason=f"malformed {kind!r} event")]
         return [*flushed, *(Parsed(payload, line) for payload in payloads)]
 
@@ -221,7 +227,7 @@ def _terminal_reason(error: dict[str, Any], status: str) -> str | None:
         body = message[len(_API_ERROR) :].split("]\n", 1)[0].removesuffix("]")
         try:
             code = json.loads(body)["error"]["code"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             return "api_error"
         return f"api_error_{code}" if isinstance(code, int) else "api_error"
     return kind or status or None

@@ -126,7 +126,7 @@ class EventMapper:
         """Normalize one event's data (the JSON after ``data:``)."""
         try:
             event = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting makes json.loads recurse out
             return [Parsed(RawPayload(reason="malformed"), raw=data)]
         try:
             return [Parsed(p, raw=data) for p in self._event(event)]

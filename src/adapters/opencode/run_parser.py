@@ -37,6 +37,7 @@ from typing import Any
 from codeyard.adapters.cli.types import Parsed
 from codeyard.adapters.opencode._parts import PartMapper, as_dict
 from codeyard.domain.agent import AgentResult, ResultStatus
+from codeyard.domain.errors import CodeyardError
 from codeyard.domain.events import (
     ErrorPayload,
     EventPayload,
@@ -102,7 +103,7 @@ class OpencodeRunParser:
             return []
         try:
             event: Any = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting makes json.loads recurse out
             return [Parsed(RawPayload(reason="malformed"), raw=line)]
         if not isinstance(event, dict):
             return [Parsed(RawPayload(reason="malformed"), raw=line)]
@@ -111,7 +112,10 @@ class OpencodeRunParser:
         if self._session_id is None and isinstance(session_id, str) and session_id:
             self._session_id = session_id
             out.append(Parsed(InitPayload(session_id=session_id, model=self._model, cwd=self._cwd)))
-        payloads = self._event(event)
+        try:
+            payloads = self._event(event)
+        except CodeyardError:  # a domain model refused a value (a tool input nested too deep)
+            payloads = [RawPayload(reason="malformed")]
         if not payloads:
             payloads = [RawPayload(reason="unrecognized")]
         # The result is made, not printed: no line of its own.
