@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from codeyard.app.cli_images import register as register_image_commands
+from codeyard.app.cli_secrets import register as register_secret_commands
 from codeyard.app.cli_service import register as register_service_commands
 from codeyard.app.run_cli import register as register_run_command
 from codeyard.app.settings import (
@@ -39,6 +40,7 @@ app = typer.Typer(
 register_service_commands(app)  # ls, status, logs, attach, send, rm, create
 register_run_command(app)  # run
 register_image_commands(app)  # images ls|build|gc, gc
+register_secret_commands(app)  # secrets keygen|set|ls|rm|rotate
 
 
 # Consoles are made per use, not at import: they read the terminal width (COLUMNS) and the

@@ -35,6 +35,7 @@ from pydantic import SecretStr
 
 from codeyard.adapters.docker.networks import remove_networks
 from codeyard.app.bootstrap import open_app
+from codeyard.app.credentials import open_credential_store
 from codeyard.app.manager.serve import Manager, build_manager, run_manager, worker_images
 from codeyard.app.manager.settings import manager_config
 from codeyard.app.settings import Settings
@@ -159,7 +160,9 @@ async def open_embedded(settings: Settings, **manager: Any) -> AsyncIterator[Emb
         local = embedded_settings(settings, redis_server.url, **manager)
         async with open_app(local) as app:
             images = await worker_images(local, app)
-            built = build_manager(app, manager_config(local), images)
+            # The file store when a key is configured (the same one `codeyard serve` uses).
+            credentials = open_credential_store(local)
+            built = build_manager(app, manager_config(local), images, credentials=credentials)
             async with anyio.create_task_group() as tg:
                 await tg.start(run_manager, built)
                 try:

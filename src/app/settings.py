@@ -32,9 +32,11 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from codeyard.app.credentials import SecretsSettings
 from codeyard.app.manager.settings import ManagerSettings
 from codeyard.domain.base import validation_errors
 from codeyard.domain.errors import InvalidInput
+from codeyard.domain.secrets import SECRET_ENV_VAR
 
 ENV_PREFIX = "CODEYARD_"
 NESTED_DELIMITER = "__"
@@ -172,6 +174,10 @@ class Settings(BaseSettings):
     manager: ManagerSettings = Field(
         default_factory=ManagerSettings, description="The worker manager (`codeyard serve`)."
     )
+    secrets: SecretsSettings = Field(
+        default_factory=SecretsSettings,
+        description="The credential store of worker secrets (`codeyard secrets`).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         default="INFO", description="Minimum level logged (case-insensitive)."
     )
@@ -246,6 +252,7 @@ def unknown_env_vars(environ: Mapping[str, str]) -> list[str]:
     """``CODEYARD_*`` variables that set nothing (typos such as ``CODEYARD_QUEUE``)."""
     known = {env_var_name(*path) for path, _ in _leaves(Settings, ())}
     known |= {env_var_name(name) for name in Settings.model_fields}  # JSON-valued groups
+    known.add(SECRET_ENV_VAR)  # set by the manager in worker containers, not a setting
     return sorted(
         key
         for key in environ

@@ -25,6 +25,7 @@ from codeyard.app.settings import InvalidSettings, Settings
 from codeyard.app.worker_agent import AgentOptions
 from codeyard.app.worker_main import WorkerConfig, run_worker
 from codeyard.domain.errors import InvalidInput
+from codeyard.domain.secrets import secret_env
 
 PROG = "codeyard-worker"
 
@@ -111,6 +112,7 @@ def config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) 
         instructions=instructions,
         heartbeat_s=args.heartbeat_s,
         agent=AgentOptions(binary=args.agent_binary, base_url=args.base_url, api_key=api_key),
+        secret_env=secret_env(os.environ),
     )
 
 
@@ -127,7 +129,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
         if "env" in exc.fields and not exc.fields.get("errors"):
             print(f"  set {exc.fields['env']}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, json=settings.log_json)
+    configure_logging(settings.log_level, json=settings.log_json, redact=config.secret_env.values())
     try:
         anyio.run(run_worker, settings, config)
     except InvalidInput as exc:

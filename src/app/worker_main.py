@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +62,8 @@ class WorkerConfig:
     heartbeat_s: float
     agent: AgentOptions
     standby_slot: str | None = None
+    #: The container's credential-store variables: in every turn's env, redacted.
+    secret_env: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if (self.worker_id is None) == (self.standby_slot is None):
@@ -130,6 +132,7 @@ async def run_worker(settings: Settings, config: WorkerConfig) -> None:
                 heartbeat_s=config.heartbeat_s,
                 agent_executable=agent_executable(config.provider, config.agent),
                 native_allowlist=config.provider in NATIVE_ALLOWLIST,
+                secret_env=config.secret_env,
             )
             await run_standby(bus, clock, standby, agent, build)
         else:
@@ -143,6 +146,7 @@ async def run_worker(settings: Settings, config: WorkerConfig) -> None:
                 provider=config.provider,
                 clock=clock,
                 heartbeat_s=config.heartbeat_s,
+                secret_env=config.secret_env,
             )
             await wrapper.run()
         tg.cancel_scope.cancel()

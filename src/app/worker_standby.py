@@ -25,8 +25,8 @@ it to a container that has waited for a while. Decisions:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
@@ -69,6 +69,8 @@ class StandbyConfig:
     native_allowlist: bool = False
     search_path: str | None = None
     poll_s: float = 1.0
+    #: The container's secret variables (:func:`codeyard.domain.secrets.secret_env`).
+    secret_env: Mapping[str, str] = field(default_factory=dict)
 
 
 def parse_assignment(fields: dict[str, str]) -> WorkerAssignment:
@@ -151,5 +153,6 @@ async def run_standby(
         base_env=assignment.env,
         pinned_env=pinned,
         allowed_commands=allowed,
+        secret_env=config.secret_env,
     )
     await wrapper.run()

@@ -27,6 +27,12 @@ from ``worker:{id}:output``; the manager is not in the path. Decisions:
   every turn's ``env`` (the prompt's ``env`` wins), ``pinned_env`` over it (the PATH of an
   ``allowed_commands`` shim, which no prompt may widen), ``allowed_commands`` goes into
   every request.
+* **Secrets** (``secret_env``: the container's credential-store variables, see
+  :mod:`codeyard.domain.secrets`) go into every turn's env over ``base_env`` (a prompt's
+  ``env`` may still set the variable: its sender knows what it sends), and their values
+  are redacted from every event before it is published, whatever the provider, whatever
+  produced the text (the CLI's output, a tool's, a git error): one regex search of the
+  event's JSON, a scrub of the event only when it matches.
 * **Git** (a prompt's ``git``): clone/branch before, commit/push after (:mod:`.worker_git`).
 * **Multi-turn**: every turn resumes the session id of the last result that reported one.
 * **Cancellation** (SIGTERM, the manager stopping the worker) mid-turn publishes the
@@ -38,6 +44,7 @@ from ``worker:{id}:output``; the manager is not in the path. Decisions:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 from collections.abc import Mapping
@@ -46,6 +53,7 @@ from pathlib import Path
 import anyio
 import structlog
 
+from codeyard.adapters.cli.redact import Redactor
 from codeyard.app.event_publisher import BatchingPublisher
 from codeyard.app.worker_git import GitWorkspace, TurnGit
 from codeyard.domain.agent import AgentProvider, AgentRequest, AgentResult, ResultStatus
@@ -115,6 +123,7 @@ class WorkerWrapper:
         base_env: Mapping[str, str] | None = None,
         pinned_env: Mapping[str, str] | None = None,
         allowed_commands: tuple[str, ...] = (),
+        secret_env: Mapping[str, str] | None = None,
     ) -> None:
         if heartbeat_s <= 0 or poll_s <= 0:
             msg = "heartbeat_s and poll_s must be > 0"
@@ -132,6 +141,8 @@ class WorkerWrapper:
         self._base_env = dict(base_env or {})
         self._pinned_env = dict(pinned_env or {})
         self._allowed_commands = allowed_commands
+        self._secret_env = dict(secret_env or {})
+        self._redactor = Redactor(self._secret_env.values())
         self._input = worker_input_stream(worker_id)
         self._output = worker_output_stream(worker_id)
         self._own = EventSequencer(provider=provider, worker_id=worker_id)
@@ -313,7 +324,7 @@ class WorkerWrapper:
             workdir=str(self._workdir),
             worker_id=self.worker_id,
             session_id=None if message.new_session else self.session_id,
-            env={**self._base_env, **message.env, **self._pinned_env},
+            env={**self._base_env, **self._secret_env, **message.env, **self._pinned_env},
             allowed_commands=self._allowed_commands,
             **options,
         )
@@ -357,7 +368,12 @@ class WorkerWrapper:
             await self._publish(self._own.stamp(payload))
 
     async def _publish(self, event: AgentEvent) -> None:
-        fields = {EVENT_FIELD: event.model_dump_json(), TYPE_FIELD: event.payload.type}
+        data = event.model_dump_json()
+        if self._redactor.contains_secret(data):
+            # Scrubbed as data, not as text: a secret may also match JSON structure.
+            scrubbed = self._redactor.scrub(event.model_dump(mode="json"))
+            data = json.dumps(scrubbed, ensure_ascii=False, separators=(",", ":"))
+        fields = {EVENT_FIELD: data, TYPE_FIELD: event.payload.type}
         await self._events.send(fields)
 
     def _write_instructions(self) -> None:

@@ -55,9 +55,12 @@ def exit_reason(exit_code: int, *, oom_killed: bool, stopped: bool) -> ExitReaso
 class Mount(DomainModel):
     target: str
     source: str | None = None
-    """Host path or volume name; ``None`` means a tmpfs."""
+    """Host path or volume name; ``None`` means a tmpfs (or an anonymous volume)."""
     read_only: bool = False
     tmpfs_size_mb: int | None = None
+    volume: bool = False
+    """Without ``source``: an anonymous volume (the engine's disk, removed with the
+    container) instead of a tmpfs (RAM)."""
 
 
 class ContainerSpec(DomainModel):

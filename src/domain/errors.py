@@ -186,6 +186,12 @@ class ImageNotFound(NotFound):
     code = "image_not_found"
 
 
+class SecretNotFound(NotFound):
+    """The credential store holds no secret of that name (``fields["name"]``)."""
+
+    code = "secret_not_found"
+
+
 class ExecutableNotFound(NotFound):
     """A program to start (an agent CLI binary) does not exist where it was looked for."""
 
@@ -237,6 +243,14 @@ class RuntimeNotAvailable(Unavailable):
     """A container runtime (sysbox-runc, runsc...) the engine does not offer."""
 
     code = "runtime_not_available"
+    retryable = False
+
+
+class CredentialStoreUnreadable(Unavailable):
+    """The credential store cannot be opened: wrong or malformed key, damaged file. Never
+    carries a secret value; retrying with the same key cannot help."""
+
+    code = "credential_store_unreadable"
     retryable = False
 
 

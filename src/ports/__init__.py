@@ -4,6 +4,7 @@ from codeyard.ports.clock import Clock
 from codeyard.ports.code_agent import CodeAgent
 from codeyard.ports.code_host import CodeHost
 from codeyard.ports.container_runtime import ContainerRuntime
+from codeyard.ports.credential_store import CredentialStore
 from codeyard.ports.event_bus import EventBus
 from codeyard.ports.image_cache import ImageCache
 from codeyard.ports.process_launcher import ProcessHandle, ProcessLauncher
@@ -15,6 +16,7 @@ __all__ = [
     "CodeAgent",
     "CodeHost",
     "ContainerRuntime",
+    "CredentialStore",
     "EventBus",
     "ImageCache",
     "ProcessHandle",

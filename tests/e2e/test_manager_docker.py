@@ -9,11 +9,14 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import anyio.lowlevel
 import docker
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -126,6 +129,7 @@ async def test_create_runs_claude_in_a_container_then_delete_removes_it(stack: S
         deleted = await client.delete(wid)
         stopped = await client.status(wid)
         left = owned_containers(docker_client, stack.owner)
+        logins_left = await _worker_logins(stack)
     assert created.status is WorkerStatus.STARTING
     assert running.status is WorkerStatus.RUNNING
     assert result.status is ResultStatus.SUCCESS, result
@@ -135,6 +139,7 @@ async def test_create_runs_claude_in_a_container_then_delete_removes_it(stack: S
     assert API_KEY not in json.dumps([e.model_dump(mode="json") for e in events])
     assert inspected["Config"]["User"] == "1000:1000"
     assert inspected["HostConfig"]["CapDrop"] == ["ALL"]
+    _assert_own_redis_login(stack, wid, inspected, logins_left)
     assert death.status is ResultStatus.ERROR
     assert death.terminal_reason == "container_killed"
     assert (failed.status, failed.error) == (WorkerStatus.FAILED, "container_killed")
@@ -142,6 +147,27 @@ async def test_create_runs_claude_in_a_container_then_delete_removes_it(stack: S
     assert deleted.status is WorkerStatus.STOPPED
     assert stopped.status is WorkerStatus.STOPPED
     assert left == []  # the deleted and the dead worker's containers are both gone
+
+
+def _assert_own_redis_login(
+    stack: Stack, worker_id: str, inspected: dict[str, Any], logins_left: list[str]
+) -> None:
+    """Issue #9: the worker logs in to Redis as its own ACL user, never as the manager."""
+    manager_password = urlsplit(stack.redis_url).password
+    assert manager_password
+    assert manager_password not in json.dumps(inspected)
+    worker_env = dict(item.split("=", 1) for item in inspected["Config"]["Env"])
+    login = f"redis://codeyard-worker%3A{stack.owner}%3A{worker_id}:"
+    assert worker_env["CODEYARD_REDIS_URL"].startswith(login)
+    assert f"codeyard-worker:{stack.owner}:{worker_id}" not in logins_left  # revoked on delete
+
+
+async def _worker_logins(stack: Stack) -> list[str]:
+    admin = aioredis.Redis.from_url(stack.redis_url, decode_responses=True)
+    try:
+        return [str(u) for u in await admin.acl_users()]
+    finally:
+        await admin.aclose()
 
 
 async def _is(client: CodeyardClient, worker_id: str, status: WorkerStatus) -> bool:

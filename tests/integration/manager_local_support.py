@@ -29,6 +29,8 @@ from codeyard.app.manager.images import WorkerImages
 from codeyard.app.manager.serve import Manager, build_manager, run_manager
 from codeyard.app.settings import Settings
 from codeyard.client import CodeyardClient
+from codeyard.ports.credential_store import CredentialStore
+from codeyard.ports.worker_credentials import WorkerCredentials
 from codeyard.ports.worker_registry import WorkerRegistry
 from codeyard.testing.agents import AgentBinaryMissing, agent_binary
 from codeyard.testing.model_server import ModelServer
@@ -87,6 +89,8 @@ async def local_manager(
     registry: WorkerRegistry | None = None,
     runtime: LocalProcessRuntime | None = None,
     remove_workers: bool = True,
+    credentials: CredentialStore | None = None,
+    worker_logins: WorkerCredentials | None = None,
 ) -> AsyncIterator[LocalManager]:
     """A serving manager (and a client) until the block ends; its workers removed after."""
     clock = SystemClock()
@@ -105,7 +109,9 @@ async def local_manager(
     images = WorkerImages(
         InMemoryImageCache(clock=clock), base_image="local", wrapper_hash="local", ca_certs_hash=""
     )
-    manager = build_manager(app, config, images)
+    manager = build_manager(
+        app, config, images, credentials=credentials, worker_logins=worker_logins
+    )
     try:
         async with anyio.create_task_group() as tg:
             with anyio.CancelScope() as scope:

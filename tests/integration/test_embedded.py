@@ -4,6 +4,7 @@ engine; a worker runs the real Claude CLI against the scripted model; nothing ou
 from __future__ import annotations
 
 import os
+from urllib.parse import urlsplit
 
 import docker
 import pytest
@@ -39,9 +40,17 @@ async def test_an_embedded_run_needs_no_service_and_leaves_nothing(
             kept = await service.client.create(WorkerSpec())  # left for the cleanup
             result = await service.client.run(WorkerSpec(), "answer please", timeout_s=300)
             running = docker_client.containers.list(filters={"label": f"{LABEL_OWNER}={owner}"})
+            for container in running:
+                container.reload()  # a listed container's attrs lack Config.Env
+            envs = [c.attrs["Config"]["Env"] for c in running]
     assert result.status is ResultStatus.SUCCESS, result
     assert result.text == "embedded answer"
     assert [c.labels.get("dev.codeyard.worker-id") for c in running] == [kept.worker_id]
+    # The worker logs in to the private Redis as its own ACL user, not with its password.
+    password = urlsplit(redis_url).password
+    assert password
+    assert password not in str(envs)
+    assert f"CODEYARD_REDIS_URL=redis://codeyard-worker%3A{owner}%3A" in str(envs)
     left = docker_client.containers.list(all=True, filters={"label": f"{LABEL_OWNER}={owner}"})
     assert left == []  # the worker kept alive was removed with the service
     assert owner.endswith(f"-run-{os.getpid()}")  # unique per process

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import anyio
 import pytest
+import redis.connection
+from pydantic import SecretStr
 
 from codeyard.app.manager.config import ManagerConfig
 from codeyard.app.manager.launch import (
@@ -13,7 +17,12 @@ from codeyard.app.manager.launch import (
     host_ports,
     worker_container_spec,
 )
-from codeyard.app.manager.settings import HOST_ALIAS, container_url, manager_config
+from codeyard.app.manager.settings import (
+    HOST_ALIAS,
+    ManagerSettings,
+    container_url,
+    manager_config,
+)
 from codeyard.app.manager.slots import Slots
 from codeyard.app.settings import Settings
 from codeyard.domain.agent import ResultStatus
@@ -26,6 +35,7 @@ from codeyard.domain.container import (
 )
 from codeyard.domain.errors import InvalidInput, InvalidRequest, QuotaExceeded
 from codeyard.domain.worker import Module, NetworkPolicy, SecretRef, WorkerSpec
+from codeyard.domain.worker_access import WorkerLogin
 
 CONFIG = ManagerConfig(
     owner="m1",
@@ -167,3 +177,32 @@ def test_manager_config_from_settings() -> None:
     assert config.warm_pool_size == 2
     assert [t.agent for t in config.warm_pool_templates] == ["claude"]
     assert "sk-test" not in str(settings.masked())
+
+
+def test_with_worker_redis_acl_the_container_gets_its_own_login_not_the_managers() -> None:
+    settings = Settings(
+        backends={"event_bus": "redis"},
+        redis_url="redis://admin:manager-secret@localhost:6400/3",
+        owner="host-a",
+    )
+    config = manager_config(settings)
+    assert config.worker_redis_acl
+    assert config.worker_env["CODEYARD_REDIS_URL"] == f"redis://{HOST_ALIAS}:6400/3"
+    login = WorkerLogin(username="codeyard-worker:host-a:w-1", password=SecretStr("p/w@1"))
+    made = worker_container_spec(
+        WorkerSpec(), image="i", image_hash="h", slot="w-1", config=config, login=login
+    )
+    url = made.env["CODEYARD_REDIS_URL"]
+    assert url == f"redis://codeyard-worker%3Ahost-a%3Aw-1:p%2Fw%401@{HOST_ALIAS}:6400/3"
+    assert "manager-secret" not in str(made.model_dump())
+    # What the worker's client logs in with:
+    parsed = cast(Any, redis.connection).parse_url(url)
+    assert (parsed["username"], parsed["password"]) == ("codeyard-worker:host-a:w-1", "p/w@1")
+    with pytest.raises(ValueError, match="own login"):
+        worker_container_spec(WorkerSpec(), image="i", image_hash="h", slot="w", config=config)
+    off = manager_config(
+        settings.model_copy(update={"manager": ManagerSettings(worker_redis_acl=False)})
+    )
+    assert (
+        off.worker_env["CODEYARD_REDIS_URL"] == f"redis://admin:manager-secret@{HOST_ALIAS}:6400/3"
+    )

@@ -13,6 +13,7 @@ from codeyard.adapters.memory.clock import ManualClock
 from codeyard.adapters.memory.container_runtime import InMemoryContainerRuntime
 from codeyard.adapters.memory.event_bus import InMemoryEventBus
 from codeyard.adapters.memory.work_queue import InMemoryWorkQueue
+from codeyard.adapters.memory.worker_credentials import InMemoryWorkerCredentials
 from codeyard.adapters.memory.worker_registry import InMemoryWorkerRegistry
 from codeyard.app.manager.config import ManagerConfig
 from codeyard.app.manager.launch import LABEL_ROLE, ROLE_STANDBY
@@ -177,3 +178,34 @@ async def test_a_silent_worker_turns_unhealthy_and_its_job_is_requeued(world: Wo
     with anyio.fail_after(5):
         while (await world.registry.get("w-silent")).status is not WorkerStatus.RUNNING:  # type: ignore[union-attr]  # noqa: ASYNC110
             await anyio.sleep(0.01)
+
+
+async def test_logins_without_a_container_or_live_worker_are_revoked(world: World) -> None:
+    shared: dict[tuple[str, str], tuple[str, set[str]]] = {}
+    logins, theirs = (
+        InMemoryWorkerCredentials(ME, logins=shared),
+        InMemoryWorkerCredentials(OTHER, logins=shared),
+    )
+    reconciler = Reconciler(
+        config=ManagerConfig(owner=ME, orphan_grace_s=60), registry=world.registry,
+        runtime=world.runtime, clock=world.clock, slots=world.slots, watcher=world.watcher,
+        worker_logins=logins,
+    )  # fmt: skip
+    await world.worker("w-live")
+    now = world.clock.now()
+    await world.registry.register(
+        WorkerRecord(worker_id="w-starting", spec=WorkerSpec(), host=ME, created_at=now,
+                     heartbeat_at=now)
+    )  # fmt: skip
+    await world.runtime.create(
+        ContainerSpec(image="img", command=("sleep", "1000"),
+                      labels={LABEL_ROLE: ROLE_STANDBY, LABEL_WORKER: "pool-old"})
+    )  # fmt: skip
+    for slot in ("w-live", "w-starting", "pool-gone", "pool-old", "w-ended"):
+        await logins.issue(slot)
+    await theirs.issue("pool-gone")
+    report = await reconciler.reconcile()
+    # pool-old: a standby of an earlier run, removed with its login.
+    assert sorted(report.revoked) == ["pool-gone", "pool-old", "w-ended"]
+    assert await logins.slots() == ("w-live", "w-starting")
+    assert await theirs.slots() == ("pool-gone",)

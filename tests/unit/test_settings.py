@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from codeyard.app.credentials import SecretsSettings
 from codeyard.app.manager.settings import ManagerSettings
 from codeyard.app.settings import (
     BackendSettings,
@@ -172,7 +173,7 @@ def test_markdown_table_documents_every_setting() -> None:
     lines = table.strip().splitlines()
     assert lines[0] == "| Variable | Type | Default | Description |"
     rows = lines[2:]
-    groups = (BackendSettings, ManagerSettings)
+    groups = (BackendSettings, ManagerSettings, SecretsSettings)
     leaf_count = len(Settings.model_fields) - len(groups) + sum(len(g.model_fields) for g in groups)
     assert len(rows) == leaf_count
     for row in rows:

@@ -50,7 +50,7 @@ def create_kwargs(
     mounts: list[docker.types.Mount] = []
     owner = _numeric_owner(spec.user)
     for m in spec.mounts:
-        if m.source is None:
+        if m.source is None and not m.volume:
             opts = ["exec", *owner]
             if m.tmpfs_size_mb is not None:
                 opts.append(f"size={m.tmpfs_size_mb}m")
@@ -58,7 +58,8 @@ def create_kwargs(
                 opts.append("ro")
             tmpfs[m.target] = ",".join(opts)
         else:
-            kind: Literal["bind", "volume"] = "bind" if m.source.startswith("/") else "volume"
+            bind = m.source is not None and m.source.startswith("/")
+            kind: Literal["bind", "volume"] = "bind" if bind else "volume"
             mounts.append(docker.types.Mount(m.target, m.source, type=kind, read_only=m.read_only))
     # None keeps the image's entrypoint; [""] clears it, as `docker run --entrypoint ""` does.
     entrypoint = None if spec.entrypoint is None else list(spec.entrypoint) or [""]

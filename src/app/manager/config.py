@@ -52,5 +52,8 @@ class ManagerConfig:
     #: Standby containers kept started per warm-pool template.
     warm_pool_size: int = 0
     warm_pool_templates: tuple[WorkerSpec, ...] = ()
+    #: Each worker container logs in to Redis as its own ACL user (``worker_env``'s
+    #: ``CODEYARD_REDIS_URL`` then has no credentials: each container's gets its login).
+    worker_redis_acl: bool = False
     #: Output stream entries kept per worker (approximate trimming); ``None``: unbounded.
     output_maxlen: int | None = None

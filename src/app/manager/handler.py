@@ -47,15 +47,19 @@ from codeyard.domain.container import LABEL_OWNER, LABEL_WORKER
 from codeyard.domain.errors import CodeyardError, InvalidTransition, WorkerNotFound
 from codeyard.domain.streams import owner_commands_stream, standby_stream, worker_input_stream
 from codeyard.domain.worker import WorkerRecord, WorkerStatus
+from codeyard.domain.worker_access import WorkerLogin
 from codeyard.domain.worker_io import INPUT_FIELD, WorkerAssignment, WorkerInput
 from codeyard.ports.clock import Clock
 from codeyard.ports.container_runtime import ContainerRuntime
+from codeyard.ports.credential_store import CredentialStore
 from codeyard.ports.event_bus import EventBus
+from codeyard.ports.worker_credentials import WorkerCredentials
 from codeyard.ports.worker_registry import WorkerRegistry
 
 from .config import ManagerConfig, WorkerImageSource
 from .launch import check_spec, worker_container_spec
 from .pool import WarmPool
+from .secrets import resolve_secrets, with_secrets
 from .slots import Slots
 from .watcher import WorkerWatcher
 
@@ -76,6 +80,8 @@ class WorkerManager:
         watcher: WorkerWatcher,
         pool: WarmPool,
         metrics: ManagerMetrics | None = None,
+        credentials: CredentialStore | None = None,
+        worker_logins: WorkerCredentials | None = None,
     ) -> None:
         self._config = config
         self._metrics = metrics or ManagerMetrics()
@@ -87,7 +93,12 @@ class WorkerManager:
         self._slots = slots
         self._watcher = watcher
         self._pool = pool
+        self._credentials = credentials
         self._locks: dict[str, anyio.Lock] = {}
+        self._logins = worker_logins
+        #: The slot (login) of each worker this process made; after a restart the
+        #: reconciler removes the logins of workers that are gone.
+        self._login_slots: dict[str, str] = {}
 
     async def handle(self, command: AnyCommand) -> JsonValue | Forward:
         match command:
@@ -132,7 +143,7 @@ class WorkerManager:
     async def create(self, command: CreateWorker) -> JsonValue | Forward:
         started = self._metrics.now()
         spec = command.spec
-        check_spec(spec)
+        check_spec(spec, credentials=self._credentials is not None)
         worker_id = command.worker_id or derived_worker_id(command.request_id)
         async with self._lock(worker_id):
             existing = await self._registry.get(worker_id)
@@ -197,18 +208,29 @@ class WorkerManager:
         )
         if standby is not None:
             container = standby.container
+            await self._grant(slot, worker_id)
         else:
             found = await self._runtime.list(
                 {LABEL_OWNER: self._config.owner, LABEL_WORKER: worker_id}
             )
-            if found:  # made by an earlier delivery of this create
+            if found:  # made by an earlier delivery of this create (its login too)
                 container = found[0]
+                await self._grant(slot, worker_id)
             else:
-                container = await self._runtime.create(
-                    worker_container_spec(
-                        spec, image=image, image_hash=image_hash, slot=slot, config=self._config
-                    )
+                login = await self._grant(slot, worker_id, issue=True)
+                container_spec = worker_container_spec(
+                    spec,
+                    image=image,
+                    image_hash=image_hash,
+                    slot=slot,
+                    config=self._config,
+                    credentials=self._credentials is not None,
+                    login=login,
                 )
+                if spec.secrets and self._credentials is not None:  # cold creates only
+                    secret_env = await resolve_secrets(self._credentials, spec)
+                    container_spec = with_secrets(container_spec, secret_env)
+                container = await self._runtime.create(container_spec)
         # Before start: the standby wrapper reads its stream from the beginning.
         await self._bus.publish(standby_stream(slot), {INPUT_FIELD: assignment.model_dump_json()})
         if standby is None:
@@ -219,6 +241,25 @@ class WorkerManager:
         )
         log.info("worker created", worker_id=worker_id, warm=standby is not None, image=image)
         return record, standby is not None
+
+    async def _grant(self, slot: str, worker_id: str, *, issue: bool = False) -> WorkerLogin | None:
+        """With per-worker Redis logins: ``slot``'s login (a new one with ``issue``), bound
+        to the worker's streams before it reads its assignment."""
+        if self._logins is None:
+            return None
+        self._login_slots[worker_id] = slot
+        login = await self._logins.issue(slot) if issue else None
+        await self._logins.bind(slot, worker_id)
+        return login
+
+    async def _revoke(self, worker_id: str) -> None:
+        if self._logins is None:
+            return
+        slot = self._login_slots.pop(worker_id, worker_id)
+        try:
+            await self._logins.revoke(slot)
+        except CodeyardError as exc:  # the reconciler retries
+            log.warning("worker login not revoked", worker_id=worker_id, error=str(exc))
 
     async def _abandon(self, worker_id: str, exc: BaseException) -> None:
         """Undo a failed create: FAILED in the registry, container removed, slot freed."""
@@ -237,6 +278,7 @@ class WorkerManager:
             log.warning("failed create not cleaned up", worker_id=worker_id, error=str(cleanup))
         finally:
             await self._slots.release(worker_id)
+            await self._revoke(worker_id)
 
     async def _push_prompt(self, command: CreateWorker, worker_id: str) -> None:
         """The headless prompt, once per request id (a re-delivered create skips it)."""
@@ -273,6 +315,7 @@ class WorkerManager:
                     self._watcher.unwatch(worker_id)
                     self._watcher.releasing.discard(worker_id)
                     await self._slots.release(worker_id)
+                    await self._revoke(worker_id)
             return DeleteResult(worker_id=worker_id, status=record.status).model_dump(mode="json")
 
     async def _terminal(self, worker_id: str, status: WorkerStatus) -> WorkerRecord:

@@ -16,6 +16,8 @@ Pure functions (no I/O): the manager, the warm pool and the reconciler share the
 
 from __future__ import annotations
 
+from urllib.parse import quote, urlsplit, urlunsplit
+
 from codeyard.domain.agent import AgentResult, ResultStatus
 from codeyard.domain.container import (
     LABEL_IMAGE_HASH,
@@ -26,13 +28,17 @@ from codeyard.domain.container import (
     ExitReason,
 )
 from codeyard.domain.errors import InvalidRequest
+from codeyard.domain.secrets import check_env_names
 from codeyard.domain.worker import Module, NetworkPolicy, WorkerSpec
+from codeyard.domain.worker_access import WorkerLogin
 
 from .config import ManagerConfig
+from .hardening import read_only_root, writable_mounts
 
 LABEL_ROLE = LABEL_PREFIX + "role"
 ROLE_WORKER = "worker"
 ROLE_STANDBY = "standby"
+REDIS_URL_ENV = "CODEYARD_REDIS_URL"
 _HOST_NAMES = frozenset({"host", "localhost", "127.0.0.1", "host.docker.internal"})
 
 
@@ -51,26 +57,37 @@ def host_ports(allowed_hosts: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(sorted(ports))
 
 
-def check_spec(spec: WorkerSpec) -> None:
-    """Refuse what a manager cannot run, before anything is registered or built."""
+def check_spec(spec: WorkerSpec, *, credentials: bool = False) -> None:
+    """Refuse what a manager cannot run, before anything is registered or built.
+    ``credentials``: whether the manager has a credential store for ``spec.secrets``."""
     if spec.network is NetworkPolicy.NONE:
         raise InvalidRequest(
             "a worker needs the event bus: network=none cannot work; use allowlist",
             network=spec.network.value,
         )
-    if spec.secrets:
+    if spec.secrets and not credentials:
         raise InvalidRequest(
             "secret references need a credential store, which this manager does not have",
             secrets=[s.name for s in spec.secrets],
         )
+    check_env_names(ref.env for ref in spec.secrets)
     host_ports(spec.allowed_hosts)
 
 
 def worker_container_spec(
-    spec: WorkerSpec, *, image: str, image_hash: str, slot: str, config: ManagerConfig
+    spec: WorkerSpec,
+    *,
+    image: str,
+    image_hash: str,
+    slot: str,
+    config: ManagerConfig,
+    credentials: bool = False,
+    login: WorkerLogin | None = None,
 ) -> ContainerSpec:
-    """The container of a worker (or standby slot) for ``spec``."""
-    check_spec(spec)
+    """The container of a worker (or standby slot) for ``spec``; its secrets are added by
+    :func:`codeyard.app.manager.secrets.with_secrets` (``credentials=True``). ``login``: the
+    worker's own Redis login, put into its ``CODEYARD_REDIS_URL`` (``worker_redis_acl``)."""
+    check_spec(spec, credentials=credentials)
     ports = tuple(sorted({*config.host_ports, *host_ports(spec.allowed_hosts)}))
     role = ROLE_STANDBY if slot.startswith("pool-") else ROLE_WORKER
     command = (
@@ -86,10 +103,12 @@ def worker_container_spec(
     return ContainerSpec(
         image=image,
         command=command,
-        env=dict(config.worker_env),
+        env=worker_env(config, login),
         labels={**spec.labels, LABEL_WORKER: slot, LABEL_IMAGE_HASH: image_hash, LABEL_ROLE: role},
         workdir=config.worker_workdir,
         resources=spec.resources,
+        read_only_root=read_only_root(spec),
+        mounts=writable_mounts(spec, config.worker_workdir),
         network=NetworkPolicy.ALLOWLIST if ports else NetworkPolicy.EGRESS,
         allowed_host_ports=ports,
         extra_hosts=dict(config.extra_hosts),
@@ -97,6 +116,25 @@ def worker_container_spec(
         docker_in_docker=Module.DOCKER in spec.modules,
         allow_insecure_dind=spec.allow_insecure_dind,
     )
+
+
+def worker_env(config: ManagerConfig, login: WorkerLogin | None) -> dict[str, str]:
+    """The worker's env: with ``worker_redis_acl`` its Redis URL carries its own login
+    (``config.worker_env``'s URL has no credentials then), never the manager's."""
+    env = dict(config.worker_env)
+    if login is None:
+        if config.worker_redis_acl:
+            msg = "worker_redis_acl: a worker container needs its own login"
+            raise ValueError(msg)
+        return env
+    parts = urlsplit(env[REDIS_URL_ENV])
+    user, password = (
+        quote(login.username, safe=""),
+        quote(login.password.get_secret_value(), safe=""),
+    )
+    netloc = f"{user}:{password}@{parts.netloc.rpartition('@')[2]}"
+    env[REDIS_URL_ENV] = urlunsplit(parts._replace(netloc=netloc))
+    return env
 
 
 def death_reason(info: ContainerInfo | None) -> str:

@@ -11,6 +11,9 @@ no ``docker create/start`` on the path. Taking wakes the refill loop.
 Pool containers are not workers: they are not in the registry and hold no worker slot.
 After a manager restart the reconciler removes them (label role=standby) and the pool makes
 new ones: an unassigned standby is cheaper to replace than to trust.
+
+With per-worker Redis logins (``worker_logins``) each standby gets its own, limited to its
+standby stream until the claim binds it to the worker; a standby removed here loses it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from codeyard.domain.container import ContainerInfo
 from codeyard.domain.errors import CodeyardError
 from codeyard.domain.worker import WorkerSpec
 from codeyard.ports.container_runtime import ContainerRuntime
+from codeyard.ports.worker_credentials import WorkerCredentials
 
 from .config import ManagerConfig, WorkerImageSource
 from .launch import worker_container_spec
@@ -51,9 +55,18 @@ def container_key(spec: WorkerSpec, images: WorkerImageSource) -> str:
 
 class WarmPool:
     def __init__(
-        self, *, config: ManagerConfig, runtime: ContainerRuntime, images: WorkerImageSource
+        self,
+        *,
+        config: ManagerConfig,
+        runtime: ContainerRuntime,
+        images: WorkerImageSource,
+        worker_logins: WorkerCredentials | None = None,
     ) -> None:
         self._config = config
+        self._logins = worker_logins
+        #: Slots with a login and a container not handed out yet (the reconciler keeps
+        #: their logins: a starting one has no container to show for it yet).
+        self._slots: set[str] = set()
         self._runtime = runtime
         self._images = images
         self._ready: dict[str, list[Standby]] = {}
@@ -65,6 +78,10 @@ class WarmPool:
     def holds(self, container_id: str) -> bool:
         """Whether ``container_id`` is a standby container of this pool, ready or starting."""
         return container_id in self._mine
+
+    def slots(self) -> frozenset[str]:
+        """The standby slots this pool is starting or holds ready."""
+        return frozenset(self._slots)
 
     def size(self) -> int:
         return sum(len(v) for v in self._ready.values())
@@ -78,6 +95,7 @@ class WarmPool:
             return None
         standby = ready.pop(0)
         self._mine.discard(standby.container.id)
+        self._slots.discard(standby.slot)
         self._wake.set()
         return standby
 
@@ -116,10 +134,22 @@ class WarmPool:
         self, template: WorkerSpec, image: str, image_hash: str, ready: list[Standby]
     ) -> None:
         slot = "pool-" + uuid.uuid4().hex[:16]
-        spec = worker_container_spec(
-            template, image=image, image_hash=image_hash, slot=slot, config=self._config
-        )
-        info = await self._runtime.create(spec)
+        self._slots.add(slot)
+        try:
+            login = await self._logins.issue(slot) if self._logins is not None else None
+            spec = worker_container_spec(
+                template,
+                image=image,
+                image_hash=image_hash,
+                slot=slot,
+                config=self._config,
+                login=login,
+            )
+            info = await self._runtime.create(spec)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._revoke(slot)
+            raise
         self._mine.add(info.id)
         try:
             await self._runtime.start(info.id)
@@ -127,6 +157,7 @@ class WarmPool:
             with anyio.CancelScope(shield=True):
                 self._mine.discard(info.id)
                 await self._runtime.remove(info.id)
+                await self._revoke(slot)
             raise
         ready.append(Standby(slot=slot, container=info, image=image))
 
@@ -140,3 +171,14 @@ class WarmPool:
                 await self._runtime.remove(standby.container.id)
             except CodeyardError as exc:
                 log.warning("standby not removed", slot=standby.slot, error=str(exc))
+            await self._revoke(standby.slot)
+
+    async def _revoke(self, slot: str) -> None:
+        """Forget ``slot`` and delete its login; a failure leaves it to the reconciler."""
+        self._slots.discard(slot)
+        if self._logins is None:
+            return
+        try:
+            await self._logins.revoke(slot)
+        except CodeyardError as exc:
+            log.warning("standby login not revoked", slot=slot, error=str(exc))

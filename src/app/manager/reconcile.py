@@ -13,6 +13,12 @@ another manager's workers run on another engine and are never touched.
   ``orphan_grace_s`` (a create may be between ``create`` and recording the id). Standby
   containers of an earlier run of this manager are removed at once (not pool members now).
   A container still referenced by a live record is never removed.
+- With per-worker Redis logins: a login whose slot has no container of this owner, no
+  live worker (a create between registering and its container) and no warm-pool standby
+  holding it is revoked. Logins, then pool slots, then containers and records are read in
+  that order: a login listed was issued before, so its slot shows in one of the later reads
+  (the pool adds a slot before issuing; a claimed standby's container exists before its
+  claim; a cold create registers before issuing).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from codeyard.domain.container import (
 from codeyard.domain.worker import WorkerStatus
 from codeyard.ports.clock import Clock
 from codeyard.ports.container_runtime import ContainerRuntime
+from codeyard.ports.worker_credentials import WorkerCredentials
 from codeyard.ports.worker_registry import WorkerRegistry
 
 from .config import ManagerConfig
@@ -50,6 +57,8 @@ class ReconcileReport:
     adopted: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    #: Slots whose Redis login was revoked.
+    revoked: list[str] = field(default_factory=list)
 
 
 class Reconciler:
@@ -63,6 +72,7 @@ class Reconciler:
         slots: Slots,
         watcher: WorkerWatcher,
         pool: WarmPool | None = None,
+        worker_logins: WorkerCredentials | None = None,
     ) -> None:
         self._config = config
         self._registry = registry
@@ -71,11 +81,14 @@ class Reconciler:
         self._slots = slots
         self._watcher = watcher
         self._pool = pool
+        self._logins = worker_logins
         self._first = True
 
     async def reconcile(self) -> ReconcileReport:
         report = ReconcileReport()
         owner = self._config.owner
+        logins = await self._logins.slots() if self._logins is not None else ()
+        live: set[str] = set(self._pool.slots()) if self._pool is not None else set()
         containers = await self._runtime.list({LABEL_OWNER: owner})
         by_id = {c.id: c for c in containers}
         referenced: set[str] = set()
@@ -83,6 +96,7 @@ class Reconciler:
         for record in await self._registry.list_active():
             if record.host != owner:
                 continue
+            live.add(record.worker_id)
             info = by_id.get(record.container_id) if record.container_id else None
             if record.container_id is None:
                 # A create cut short; its container, if any, carries the worker id label.
@@ -112,15 +126,30 @@ class Reconciler:
             if stale:
                 await self._runtime.remove(info.id)
                 report.removed.append(info.id)
+        live.update(
+            c.labels.get(LABEL_WORKER, "") for c in containers if c.id not in report.removed
+        )
+        await self._revoke_logins(logins, live, report)
         self._first = False
-        if report.adopted or report.failed or report.removed:
+        if report.adopted or report.failed or report.removed or report.revoked:
             log.info(
                 "reconciled",
                 adopted=report.adopted,
                 failed=report.failed,
                 removed=report.removed,
+                revoked=report.revoked,
             )
         return report
+
+    async def _revoke_logins(
+        self, logins: tuple[str, ...], live: set[str], report: ReconcileReport
+    ) -> None:
+        if self._logins is None:
+            return
+        for slot in logins:
+            if slot not in live:
+                await self._logins.revoke(slot)
+                report.revoked.append(slot)
 
     def _in_pool(self, info: ContainerInfo) -> bool:
         return self._pool is not None and self._pool.holds(info.id)

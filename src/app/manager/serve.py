@@ -25,20 +25,24 @@ from anyio.abc import TaskStatus
 
 from codeyard.adapters.memory.image_cache import InMemoryImageCache
 from codeyard.adapters.redis.image_usage import RedisImageUsage
+from codeyard.adapters.redis.worker_acl import RedisAclWorkerCredentials
 from codeyard.app.bootstrap import App, open_app
 from codeyard.app.command_service import CommandService, CommandServiceConfig
+from codeyard.app.credentials import open_credential_store
 from codeyard.app.observability.commands import ObservedHandler
 from codeyard.app.observability.metrics import ManagerMetrics, serve_metrics
 from codeyard.app.settings import Settings
 from codeyard.domain.errors import CodeyardError
 from codeyard.domain.streams import owner_commands_stream
+from codeyard.ports.credential_store import CredentialStore
+from codeyard.ports.worker_credentials import WorkerCredentials
 
 from .config import ManagerConfig, WorkerImageSource
 from .handler import WorkerManager
 from .images import WorkerImages, docker_worker_images
 from .pool import WarmPool
 from .reconcile import Reconciler
-from .settings import manager_config
+from .settings import InvalidManagerSettings, manager_config
 from .slots import Slots
 from .watcher import WorkerWatcher
 
@@ -57,6 +61,8 @@ class Manager:
     reconciler: Reconciler
     slots: Slots
     metrics: ManagerMetrics = field(default_factory=ManagerMetrics)
+    #: Each worker's own Redis login (``worker_redis_acl``); ``None``: the manager's.
+    worker_logins: WorkerCredentials | None = None
 
 
 async def worker_images(settings: Settings, app: App) -> WorkerImageSource:
@@ -83,7 +89,14 @@ def build_manager(
     images: WorkerImageSource,
     *,
     metrics: ManagerMetrics | None = None,
+    credentials: CredentialStore | None = None,
+    worker_logins: WorkerCredentials | None = None,
 ) -> Manager:
+    """``credentials``: where worker secrets come from; ``None`` refuses specs with any.
+    ``worker_logins``: per-worker Redis logins; by default ACL users on the manager's
+    Redis when ``config.worker_redis_acl``."""
+    if worker_logins is None and config.worker_redis_acl:
+        worker_logins = _redis_logins(app, config)
     metrics = metrics or ManagerMetrics()
     slots = Slots(config.max_workers)
     runtime, registry, clock = app.runtime, app.registry, app.clock
@@ -98,7 +111,7 @@ def build_manager(
         metrics=metrics,
     )
     metrics.workers_from(watcher.state_counts)
-    pool = WarmPool(config=config, runtime=runtime, images=images)
+    pool = WarmPool(config=config, runtime=runtime, images=images, worker_logins=worker_logins)
     handler = WorkerManager(
         config=config,
         bus=app.event_bus,
@@ -110,6 +123,8 @@ def build_manager(
         watcher=watcher,
         pool=pool,
         metrics=metrics,
+        credentials=credentials,
+        worker_logins=worker_logins,
     )
     reconciler = Reconciler(
         config=config,
@@ -119,8 +134,20 @@ def build_manager(
         slots=slots,
         watcher=watcher,
         pool=pool,
+        worker_logins=worker_logins,
     )
-    return Manager(config, app, handler, watcher, pool, reconciler, slots, metrics)
+    return Manager(config, app, handler, watcher, pool, reconciler, slots, metrics, worker_logins)
+
+
+def _redis_logins(app: App, config: ManagerConfig) -> WorkerCredentials:
+    client = app.clients.get("redis_client")
+    if client is None:
+        raise InvalidManagerSettings(
+            "per-worker Redis logins need the Redis event bus: set "
+            "CODEYARD_BACKENDS__EVENT_BUS=redis, or CODEYARD_MANAGER__WORKER_REDIS_ACL=false",
+            setting="CODEYARD_MANAGER__WORKER_REDIS_ACL",
+        )
+    return RedisAclWorkerCredentials(client, owner=config.owner)
 
 
 async def run_manager(
@@ -135,6 +162,8 @@ async def run_manager(
     """Serve commands until cancelled (see the module docstring); with ``metrics_port``
     (0: any free port) also ``/metrics``, queue depths refreshed in the background."""
     config, bus = manager.config, manager.app.event_bus
+    if manager.worker_logins is not None:
+        await manager.worker_logins.check()  # WorkerAclUnavailable: fail before serving
     handler = ObservedHandler(manager.handler, manager.metrics)
     async with anyio.create_task_group() as tg:
         if metrics_port is not None:
@@ -174,7 +203,9 @@ async def serve(
     """Run a manager from ``settings`` until SIGTERM/SIGINT."""
     async with open_app(settings) as app:
         images = await worker_images(settings, app)
-        manager = build_manager(app, manager_config(settings), images)
+        manager = build_manager(
+            app, manager_config(settings), images, credentials=open_credential_store(settings)
+        )
         async with anyio.create_task_group() as tg:
 
             async def stop_on_signal() -> None:

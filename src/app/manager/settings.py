@@ -40,6 +40,14 @@ class ManagerSettings(BaseModel):
         description="Redis URL as worker containers see it. Unset: `redis_url` with a "
         "loopback host replaced by `host.docker.internal`.",
     )
+    worker_redis_acl: bool = Field(
+        default=True,
+        description="Each worker container logs in to Redis as its own ACL user, limited to "
+        "its own streams, instead of with the manager's credentials (the user and password "
+        "in the workers' Redis URL are dropped; it must be the manager's Redis server). "
+        "Needs a manager Redis user allowed `ACL` (a managed Redis may refuse it: then "
+        "`false`, and workers get the manager's URL as before).",
+    )
     agent_base_url: str | None = Field(
         default=None,
         description="Model API base URL the workers' agent CLIs use (a gateway, a proxy, the "
@@ -106,6 +114,12 @@ def container_url(url: str, *, setting: str) -> tuple[str, int | None]:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)), port
 
 
+def without_userinfo(url: str) -> str:
+    """``url`` without its user and password."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
 def manager_config(settings: Any, **overrides: Any) -> ManagerConfig:
     """The ManagerConfig of ``settings`` (a :class:`codeyard.app.settings.Settings`)."""
     manager: ManagerSettings = settings.manager
@@ -115,6 +129,8 @@ def manager_config(settings: Any, **overrides: Any) -> ManagerConfig:
         redis_url, redis_port = container_url(
             settings.secret("redis_url"), setting="CODEYARD_MANAGER__WORKER_REDIS_URL"
         )
+    if manager.worker_redis_acl:  # each container's URL gets its own login (launch.py)
+        redis_url = without_userinfo(redis_url)
     env = {"CODEYARD_BACKENDS__EVENT_BUS": "redis", "CODEYARD_REDIS_URL": redis_url}
     ports = {redis_port} if redis_port else set()
     args: list[str] = []
@@ -142,6 +158,7 @@ def manager_config(settings: Any, **overrides: Any) -> ManagerConfig:
         "watch_interval_s": manager.watch_interval_s,
         "reconcile_interval_s": manager.reconcile_interval_s,
         "warm_pool_size": manager.warm_pool_size,
+        "worker_redis_acl": manager.worker_redis_acl,
         "warm_pool_templates": tuple(WorkerSpec(agent=a) for a in manager.warm_pool_agents),
     }
     values.update(overrides)

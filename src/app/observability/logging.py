@@ -13,12 +13,13 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 from structlog.typing import Processor
 
+from codeyard.adapters.cli.redact import Redactor
 from codeyard.app.settings import mask_url
 
 MASK = "****"
@@ -76,10 +77,27 @@ def mask_secrets(
     return event_dict
 
 
+def _redact_values(redactor: Redactor) -> Processor:
+    def process(
+        _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        scrubbed: MutableMapping[str, Any] = redactor.scrub(dict(event_dict))
+        return scrubbed
+
+    return process
+
+
 def configure_logging(
-    level: str = "INFO", *, json: bool = False, stream: TextIO | None = None
+    level: str = "INFO",
+    *,
+    json: bool = False,
+    stream: TextIO | None = None,
+    redact: Iterable[str] = (),
 ) -> None:
     """Log at ``level`` and above to ``stream`` (stderr) as JSON lines or console text.
+
+    ``redact``: secret values (a worker's credential-store variables) replaced by
+    ``[REDACTED]`` in every string of every record, whatever its key.
 
     Safe to call again (the handler is replaced). Tests reset with
     ``structlog.reset_defaults()`` and by removing the handler named ``codeyard``.
@@ -115,6 +133,7 @@ def configure_logging(
             # Tracebacks become a string before masking: they may quote a URL too.
             structlog.processors.format_exc_info,
             mask_secrets,
+            *([_redact_values(Redactor(redact))] if redact else []),
             renderer,
         ],
     )
