@@ -6,7 +6,14 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    JsonValue,
+    ValidationError,
+)
 
 from codeyard.domain.errors import InvalidName, InvalidRequest
 
@@ -22,6 +29,51 @@ def _check_name(value: str) -> str:
 
 Name = Annotated[str, AfterValidator(_check_name)]
 """An identifier safe to embed in stream keys, labels and container names."""
+
+
+#: How deep a :data:`JsonObject` may nest (the object itself is level 1). Pydantic writes
+#: JSON only ~255 levels deep and reads it back only ~200 (issue #9), counted from the
+#: event envelope; real tool inputs nest a few levels. 64 leaves room for both.
+JSON_MAX_DEPTH = 64
+#: What stands for a value nested deeper than :data:`JSON_MAX_DEPTH`.
+JSON_TOO_DEEP = f"<cut: JSON nested deeper than {JSON_MAX_DEPTH} levels>"
+#: A tuple, not ``dict | list``: isinstance() checks it ~3x faster (tool inputs, per event).
+_JSON_CONTAINERS = (dict, list)
+
+
+def _fits(value: dict[Any, Any] | list[Any], levels: int) -> bool:
+    if levels < 1:
+        return False
+    for item in value.values() if isinstance(value, dict) else value:
+        if isinstance(item, _JSON_CONTAINERS) and not _fits(item, levels - 1):
+            return False
+    return True
+
+
+def _cut(value: Any, levels: int) -> Any:
+    if not isinstance(value, _JSON_CONTAINERS):
+        return value
+    if levels < 1:
+        return JSON_TOO_DEEP
+    if isinstance(value, dict):
+        return {key: _cut(item, levels - 1) for key, item in value.items()}
+    return [_cut(item, levels - 1) for item in value]
+
+
+def cap_json_depth(value: Any) -> Any:
+    """``value`` itself when it nests at most :data:`JSON_MAX_DEPTH` levels (the walk
+    stops there, so it is cheap and its recursion bounded), else a copy with every
+    container below that level replaced by :data:`JSON_TOO_DEEP`. Anything else passes
+    unchanged, for validation to judge."""
+    if isinstance(value, _JSON_CONTAINERS) and not _fits(value, JSON_MAX_DEPTH):
+        return _cut(value, JSON_MAX_DEPTH)
+    return value
+
+
+JsonObject = Annotated[dict[str, JsonValue], BeforeValidator(cap_json_depth)]
+"""A JSON object from outside (a tool's input, a provider's detail), its nesting capped
+by :func:`cap_json_depth` so that the model holding it always serializes and reads back.
+:func:`~codeyard.domain.trusted.trusted` builders apply the cap too."""
 
 
 def validation_errors(exc: ValidationError) -> list[dict[str, str]]:

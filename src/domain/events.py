@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, Field, JsonValue, NonNegativeInt
+from pydantic import AwareDatetime, Field, NonNegativeInt
 
 from codeyard.domain.agent import AgentResult, TokenUsage
-from codeyard.domain.base import DomainModel, Name
+from codeyard.domain.base import DomainModel, JsonObject, Name
 from codeyard.domain.trusted import trusted
 
 
@@ -57,7 +57,7 @@ class ToolUsePayload(DomainModel):
     type: Literal["tool_use"] = "tool_use"
     tool_use_id: str
     name: str
-    input: dict[str, JsonValue] = Field(default_factory=dict)
+    input: JsonObject = Field(default_factory=dict)
 
 
 class ToolResultPayload(DomainModel):
@@ -102,7 +102,7 @@ class LifecyclePayload(DomainModel):
 
     type: Literal["lifecycle"] = "lifecycle"
     state: str
-    detail: dict[str, JsonValue] = Field(default_factory=dict)
+    detail: JsonObject = Field(default_factory=dict)
 
 
 class RawPayload(DomainModel):

@@ -11,8 +11,9 @@ The inputs are :func:`blobs` (any bytes, alone or after a real line) and :func:`
 (real recorded lines with bytes flipped, cut, spliced, numbers made huge, values nested
 deeply or replaced by a value of another type). :func:`check` holds the property: nothing
 but a list of :class:`Parsed` comes out (each parser documents that bad input becomes a
-``RawPayload``/``ErrorPayload``, never an exception), each payload serializes to JSON and
-round-trips, and no single feed takes long (no hang on pathological input).
+``RawPayload``/``ErrorPayload``, never an exception), each payload serializes to JSON, the
+event made of it round-trips (what a client reads is what the worker published), and no
+single feed takes long (no hang on pathological input).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from typing import Any
 
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
-from pydantic_core import PydanticSerializationError
 
 from codeyard.adapters.claude.parser import ClaudeStreamParser
 from codeyard.adapters.cli.lines import split_lines
@@ -40,7 +40,7 @@ from codeyard.adapters.gemini.parser import GeminiParser
 from codeyard.adapters.opencode.events import EventMapper
 from codeyard.adapters.opencode.run_parser import OpencodeRunParser
 from codeyard.adapters.opencode.sse import SseDecoder
-from codeyard.domain.events import EventPayload
+from codeyard.domain.events import AgentEvent, EventPayload, EventSequencer
 
 TRANSCRIPTS = Path(__file__).resolve().parent.parent / "fixtures" / "transcripts"
 #: A small line cap, so that the truncated-line path is taken too (the run loop's is 8 MiB).
@@ -127,37 +127,13 @@ def strict_dump(payload: EventPayload) -> bytes:
     return _PAYLOADS.dump_json(payload)
 
 
-#: Serialization failures that are known gaps of the domain models, not of one parser, each
-#: tracked by a strict xfail test in test_parser_fuzz.py (so they are not failed here):
-#: a JSON-escaped lone surrogate (``"\\ud800"``; cut or spliced emoji escapes make it
-#: common) becomes a ``str`` pydantic cannot encode; a JSON value nested ~255-299 deep is
-#: accepted by the models but deeper than pydantic serializes.
-KNOWN_GAPS = ("surrogates not allowed", "Maximum serialization depth exceeded")
-
-
-def _dump(payload: EventPayload) -> bytes:
-    """:func:`strict_dump`; for a known gap, the payload through the standard library
-    (which escapes surrogates) with any over-deep value cut, so that the rest of it must
-    still serialize."""
-    try:
-        return strict_dump(payload)
-    except PydanticSerializationError as exc:
-        if not any(gap in str(exc) for gap in KNOWN_GAPS):
-            raise
-        shallow = _cut_deep(
-            _PAYLOADS.dump_python(payload, mode="python", round_trip=True, warnings=False)
-        )
-        return json.dumps(shallow, default=str).encode()
-
-
-def _cut_deep(value: Any, depth: int = 0) -> Any:
-    if depth > 100:
-        return "..."
-    if isinstance(value, dict):
-        return {k: _cut_deep(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_cut_deep(v, depth + 1) for v in value]
-    return value
+def round_trip(parsed: Parsed) -> AgentEvent:
+    """The event the run loop would publish for ``parsed``, written as JSON and read back
+    the way a client does; it must come back equal."""
+    event = EventSequencer(provider="fuzz").stamp(parsed.payload, raw=parsed.raw)
+    back = AgentEvent.model_validate_json(event.model_dump_json())
+    assert back.model_dump(mode="json") == event.model_dump(mode="json")
+    return back
 
 
 def check(target: Target, data: bytes) -> list[Parsed]:
@@ -166,7 +142,8 @@ def check(target: Target, data: bytes) -> list[Parsed]:
     for item in parsed:
         assert isinstance(item, Parsed), item
         assert item.raw is None or isinstance(item.raw, str)
-        assert isinstance(_dump(item.payload), bytes)
+        assert isinstance(strict_dump(item.payload), bytes)
+        round_trip(item)
     return parsed
 
 

@@ -4,10 +4,14 @@ See tests/faults/parser_fuzz.py; bench/soak_fuzz.py runs the same with more exam
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from codeyard.domain.base import JSON_MAX_DEPTH, JSON_TOO_DEEP
+from codeyard.domain.events import MessagePayload, ToolUsePayload
 from tests.faults import parser_fuzz as fuzz
 
 pytestmark = pytest.mark.faults
@@ -23,9 +27,10 @@ _SETTINGS = settings(
 # nested input, which codex, gemini and both OpenCode parsers let escape.
 _DEEP_ARRAY = b"[" * 20_000 + b"]" * 20_000 + b"\n"
 _DEEP_VALUE = b'{"type":"item.completed","item":' + b"[" * 20_000 + b"]" * 20_000 + b"}\n"
-# Found too: a tool input nested ~300 deep is valid JSON that the domain model refuses with
+# Found too: a tool input nested ~300 deep is valid JSON that the domain model refused with
 # InvalidRequest (a CodeyardError, not a ValueError), which codex, gemini and opencode let
-# escape; and gemini's token counts turned 1e999 (inf) into OverflowError.
+# escape (it is cut at JSON_MAX_DEPTH now); and gemini's token counts turned 1e999 (inf)
+# into OverflowError.
 _NEST = b'{"a":' * 300 + b"1" + b"}" * 300
 _DEEP_TOOL_INPUT = (
     b'{"type":"tool_use","tool_name":"sh","tool_id":"t1","parameters":' + _NEST + b"}\n"
@@ -76,6 +81,9 @@ def test_the_recorded_transcripts_parse_to_something(name: str) -> None:
     assert {p.payload.type for p in parsed} - {"raw"}, name
 
 
+# Found by this fuzzing too (fixed, issue #9): a JSON-escaped lone surrogate (Node's
+# JSON.stringify prints one for a cut emoji) became a str pydantic cannot serialize; the
+# line splitter now rewrites such escapes to \ufffd, for every provider at once.
 _SURROGATE_LINES = {
     "claude": b'{"type":"assistant","message":{"id":"m","role":"assistant",'
     b'"content":[{"type":"text","text":"a\\ud800"}]}}\n',
@@ -84,30 +92,53 @@ _SURROGATE_LINES = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this fuzzing, not fixed: json.loads turns the escape into a lone "
-    "surrogate that pydantic cannot serialize to JSON (PydanticSerializationError); "
-    "Node's JSON.stringify prints such escapes, so a CLI can",
-)
 @pytest.mark.parametrize("name", sorted(_SURROGATE_LINES))
 def test_a_lone_surrogate_escape_yields_a_payload_that_serializes(name: str) -> None:
     parsed = fuzz.check(_TARGETS[name], _SURROGATE_LINES[name])
     assert [p.payload.type for p in parsed] == ["message"]
     fuzz.strict_dump(parsed[0].payload)
+    event = fuzz.round_trip(parsed[0])
+    assert isinstance(event.payload, MessagePayload)
+    assert event.payload.text == "a\ufffd"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this fuzzing, not fixed: the domain models accept a JSON value nested "
-    "up to ~299 deep, pydantic serializes ~255 at most (and validates ~200 from JSON)",
+@pytest.mark.parametrize("name", sorted(_SURROGATE_LINES))
+def test_an_escaped_surrogate_pair_is_kept(name: str) -> None:
+    line = _SURROGATE_LINES[name].replace(b"\\ud800", b"\\ud83d\\ude00")
+    parsed = fuzz.check(_TARGETS[name], line)
+    payload = parsed[0].payload
+    assert isinstance(payload, MessagePayload)
+    assert payload.text == "a\U0001f600"
+
+
+# Found by this fuzzing too (fixed, issue #9): the domain accepted a JSON value nested up
+# to ~299 deep, pydantic serializes ~255 at most (and reads back ~200 from JSON). JsonObject
+# fields now cut what nests deeper than JSON_MAX_DEPTH, trusted builders (claude) included.
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [
+        (
+            "claude",
+            b'{"type":"assistant","message":{"id":"m","role":"assistant","content":'
+            b'[{"type":"tool_use","id":"t","name":"n","input":%s}]}}\n',
+        ),
+        (
+            "codex",
+            b'{"type":"item.started","item":{"id":"i1","type":"mcp_tool_call","server":"s",'
+            b'"tool":"t","arguments":%s,"status":"in_progress"}}\n',
+        ),
+    ],
 )
-def test_a_tool_input_nested_260_deep_yields_a_payload_that_serializes() -> None:
+def test_a_tool_input_nested_260_deep_yields_a_payload_that_serializes(
+    name: str, line: bytes
+) -> None:
     nest = b'{"a":' * 260 + b"1" + b"}" * 260
-    line = (
-        b'{"type":"assistant","message":{"id":"m","role":"assistant","content":'
-        b'[{"type":"tool_use","id":"t","name":"n","input":' + nest + b"}]}}\n"
-    )
-    parsed = fuzz.check(_TARGETS["claude"], line)
+    parsed = fuzz.check(_TARGETS[name], line % nest)
     assert [p.payload.type for p in parsed] == ["tool_use"]
     fuzz.strict_dump(parsed[0].payload)
+    payload = fuzz.round_trip(parsed[0]).payload
+    assert isinstance(payload, ToolUsePayload)
+    value: Any = payload.input
+    for _level in range(JSON_MAX_DEPTH - 1):
+        value = value["a"]
+    assert value == {"a": JSON_TOO_DEEP}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 from hypothesis import given, settings
@@ -130,3 +131,39 @@ def test_the_default_cap_is_8_mib_and_memory_stays_bounded() -> None:
 def test_the_cap_must_be_positive() -> None:
     with pytest.raises(ValueError, match="max_line_bytes"):
         LineSplitter(max_line_bytes=0)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (r'{"t":"a\ud800"}', r'{"t":"a\ufffd"}'),  # a lone high surrogate
+        (r'{"t":"\uDC00x"}', r'{"t":"\ufffdx"}'),  # a lone low one, upper case
+        (r'{"t":"\ud83d\ude00"}', r'{"t":"\ud83d\ude00"}'),  # a pair (an emoji): kept
+        (r'{"t":"\ud800\ud83d\ude00"}', r'{"t":"\ufffd\ud83d\ude00"}'),
+        (r'{"t":"\\ud800"}', r'{"t":"\\ud800"}'),  # an escaped backslash, then text
+        (r'{"t":"\\\ud800"}', r'{"t":"\\\ufffd"}'),  # an escaped backslash, then the escape
+        (r'{"t":"\ud83d\\ude00"}', r'{"t":"\ufffd\\ude00"}'),
+        (r'{"t":"\u00e9\u2028"}', r'{"t":"\u00e9\u2028"}'),  # other escapes: untouched
+    ],
+)
+def test_lone_surrogate_escapes_become_replacement_characters(line: str, expected: str) -> None:
+    """Issue #9: json.loads would make a str holding a lone surrogate, which no event can
+    be serialized with; every provider's lines pass here, SSE included."""
+    (got,) = split_lines([line.encode() + b"\n"])
+    assert got == expected
+    json.loads(got)["t"].encode("utf-8")  # encodable: no lone surrogate left
+    (cut,) = split_lines([line.encode()], max_line_bytes=len(line))
+    assert cut == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a", "\\", "\\\\", "\ud83d", "\ude00", "\ud800", "é"])))
+def test_no_line_decodes_to_a_lone_surrogate(parts: list[str]) -> None:
+    text = "".join(parts)
+    # ensure_ascii escapes every non-ASCII character, surrogates and pairs alike.
+    line = json.dumps({"t": text}, ensure_ascii=True)
+    (got,) = split_lines([line.encode()])
+    decoded = json.loads(got)["t"]
+    decoded.encode("utf-8")
+    if "\ud800" not in text and "\ud83d" not in text and "\ude00" not in text:
+        assert got == line  # nothing to replace: the line is unchanged

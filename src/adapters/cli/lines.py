@@ -10,6 +10,13 @@ arrive in pieces, several lines in one chunk, a multi-byte character split acros
   decoded whole.
 * **Decoding never raises**: invalid UTF-8 becomes U+FFFD. A trailing ``\\r`` is dropped
   (CRLF output); the ``\\n`` is never part of a line.
+* **No lone surrogates**: a JSON escape of a lone UTF-16 surrogate (``"\\ud800"``; Node's
+  ``JSON.stringify`` prints one for a cut emoji) would decode to a ``str`` that cannot be
+  encoded, so no event holding it could be published (issue #9). Such an escape is
+  rewritten to ``\\ufffd`` here, where every provider's output passes (the SSE decoder
+  reads lines through this splitter too), so that no parser's JSON decoder ever makes one;
+  escaped pairs (an emoji) are kept, and nothing else changes (``raw``, the line, shows
+  the ``\\ufffd`` escape too).
 * **Memory is bounded**: a line longer than ``max_line_bytes`` (default 8 MiB, above the
   largest single JSON event a CLI prints in practice — a big file read echoed in a tool
   result — yet small enough to hold per run) is emitted as soon as the cap is reached, cut
@@ -24,6 +31,7 @@ Provider tests use :func:`split_lines` to replay recorded output under arbitrary
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterable
 
 #: Default cap of one line, in bytes (see the module docstring).
@@ -41,13 +49,36 @@ class Line(str):
         return line
 
 
+#: Where a lone surrogate escape may be (a cheap test first: ~0.2 ns per character).
+_MAYBE_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+#: An escaped backslash (consumed first, so that ``\\\\ud800`` is not an escape), an escaped
+#: surrogate pair (kept) or a lone surrogate escape (group 1 unset: replaced).
+_SURROGATE_ESCAPE = re.compile(
+    r"(\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+    r"|\\u[dD][89a-fA-F][0-9a-fA-F]{2}"
+)
+
+
+def _keep_or_replace(match: re.Match[str]) -> str:
+    return match.group(1) or "\\ufffd"
+
+
+def replace_lone_surrogate_escapes(text: str) -> str:
+    """``text`` with each JSON escape of a lone surrogate made ``\\ufffd`` (see above)."""
+    if _MAYBE_SURROGATE.search(text) is None:
+        return text
+    return _SURROGATE_ESCAPE.sub(_keep_or_replace, text)
+
+
 def _decode(data: bytes, *, cut: bool) -> str:
     if not cut:
-        return data.decode("utf-8", errors="replace").removesuffix("\r")
-    # A cut line may end inside a multi-byte character: the incremental decoder holds back
-    # that incomplete tail (final=False) instead of turning it into U+FFFD.
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    return decoder.decode(data, final=False)
+        text = data.decode("utf-8", errors="replace").removesuffix("\r")
+    else:
+        # A cut line may end inside a multi-byte character: the incremental decoder holds
+        # back that incomplete tail (final=False) instead of turning it into U+FFFD.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = decoder.decode(data, final=False)
+    return replace_lone_surrogate_escapes(text)
 
 
 class LineSplitter:
