@@ -90,3 +90,7 @@ class TaskOutcome(DomainModel):
     error: str | None = None
     #: Conflicting paths, for ``status=conflict``.
     conflict_files: tuple[str, ...] = ()
+    #: Why each worker of the task died (``container_killed``, ``container_oom``...), in
+    #: order: each was replaced by a new worker continuing the pushed branch, until too many
+    #: died (then ``status=failed`` and ``error`` starts with ``dead_letter:``).
+    worker_failures: tuple[str, ...] = ()

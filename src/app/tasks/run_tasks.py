@@ -14,9 +14,14 @@ Per task (at most ``concurrency`` at once, each in its own worker):
 4. delete the worker, whatever happened (shielded, bounded).
 
 A result that says the model provider throttled (429/529, overloaded, rate limit) is
-retried with backoff, up to ``rate_limit_retries`` times, as the same round. Every task
-ends with a :class:`TaskOutcome`, failures included; ``cancel`` (an event) stops the
-unfinished ones, whose outcomes say ``cancelled``.
+retried with backoff, up to ``rate_limit_retries`` times, as the same round. A result that
+says the worker's container died (the manager's ``container_killed``, ``container_oom``...)
+retries the round on a NEW worker (the dead one is deleted), which continues from the
+task's remote branch when one was pushed (the git step checks it out); after
+``worker_failure_retries`` such retries the task ends ``failed`` with a ``dead_letter:``
+error naming every death (also in ``TaskOutcome.worker_failures``). Every task ends with a
+:class:`TaskOutcome`, failures included; ``cancel`` (an event) stops the unfinished ones,
+whose outcomes say ``cancelled``.
 """
 
 from __future__ import annotations
@@ -25,16 +30,25 @@ import contextlib
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
 
 import anyio
 import structlog
 
+from codeyard.app.tasks.progress import (
+    Phase,
+    TaskPhase,
+    TaskProgress,
+    WorkerDied,
+    dead_letter,
+    feedback_prompt,
+    throttled,
+    worker_death,
+)
 from codeyard.app.tasks.review import DecisionKind, decide
 from codeyard.client import CodeyardClient
 from codeyard.client.runs import RunReport
-from codeyard.domain.agent import AgentResult, ResultStatus
+from codeyard.domain.agent import ResultStatus
 from codeyard.domain.code_host import GitStep, PullRequest, ReviewVerdict
 from codeyard.domain.errors import CodeyardError
 from codeyard.domain.task import RetryPolicy
@@ -42,8 +56,18 @@ from codeyard.domain.task_run import CodingTask, RepoTarget, TaskOutcome, TaskSt
 from codeyard.domain.worker import WorkerSpec
 from codeyard.ports.code_host import CodeHost
 
+# Phase, TaskPhase, throttled and feedback_prompt were defined here first: still exported.
+__all__ = [
+    "Phase",
+    "Reviews",
+    "TaskPhase",
+    "TaskRunConfig",
+    "TaskRunner",
+    "feedback_prompt",
+    "throttled",
+]
+
 log = structlog.get_logger(__name__)
-_THROTTLED = ("429", "529", "rate limit", "rate_limit", "overloaded", "too many requests")
 
 
 class Reviews(Protocol):
@@ -61,72 +85,8 @@ class TaskRunConfig:
     retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(base_s=5.0, max_s=120.0))
     #: The model of every developer turn (``None``: the CLI's default).
     model: str | None = None
-
-
-class Phase(StrEnum):
-    """Where a task is, for progress displays (``TaskRunner.run(on_phase=...)``)."""
-
-    STARTING = "starting"
-    CODING = "coding"
-    REVIEWING = "reviewing"
-
-
-@dataclass(frozen=True)
-class TaskPhase:
-    """A task entered ``phase`` in ``round`` (0 before the first); ``worker_id`` once the
-    task's worker exists (follow its events with ``client.events``)."""
-
-    task_id: str
-    phase: Phase
-    round: int
-    worker_id: str | None
-
-
-def throttled(result: AgentResult) -> bool:
-    """Whether a failed result says the model provider throttled the request."""
-    if result.status is ResultStatus.SUCCESS:
-        return False
-    text = f"{result.terminal_reason or ''} {result.error or ''}".lower()
-    return any(mark in text for mark in _THROTTLED)
-
-
-def feedback_prompt(task: CodingTask, feedback: str) -> str:
-    return (
-        f"A reviewer looked at your change for task {task.id} and asks for changes:\n\n"
-        f"{feedback}\n\nUpdate the code accordingly."
-    )
-
-
-@dataclass
-class _Progress:
-    task: CodingTask
-    worker_id: str | None = None
-    commits: list[str] = field(default_factory=list)
-    feedback: list[str] = field(default_factory=list)
-    pr: PullRequest | None = None
-    rounds: int = 0
-    cost: float = 0.0
-    on_phase: Callable[[TaskPhase], None] | None = None
-
-    def enter(self, phase: Phase) -> None:
-        if self.on_phase is not None:
-            self.on_phase(TaskPhase(self.task.id, phase, self.rounds, self.worker_id))
-
-    def outcome(self, status: TaskStatus, **extra: object) -> TaskOutcome:
-        return TaskOutcome.model_validate(
-            {
-                "task_id": self.task.id,
-                "status": status,
-                "worker_id": self.worker_id,
-                "branch": self.task.branch,
-                "commits": tuple(self.commits),
-                "pull_request": self.pr,
-                "rounds": self.rounds,
-                "cost_usd": self.cost,
-                "feedback": tuple(self.feedback),
-                **extra,
-            }
-        )
+    #: New workers a task gets after its worker died (0: a death fails the task).
+    worker_failure_retries: int = 2
 
 
 class TaskRunner:
@@ -196,36 +156,62 @@ class TaskRunner:
     async def _run_one(
         self, task: CodingTask, on_phase: Callable[[TaskPhase], None] | None = None
     ) -> TaskOutcome:
-        progress = _Progress(task, on_phase=on_phase)
+        progress = TaskProgress(task, on_phase=on_phase)
+        retries = self._config.worker_failure_retries
         try:
-            progress.enter(Phase.STARTING)
-            # Unique per run: a worker id names one worker forever (a rerun of the task
-            # must not find the ended worker of an earlier run).
-            worker_id = f"w-{task.id}-{secrets.token_hex(3)}"
-            created = await self._client.create(self._spec, worker_id=worker_id)
-            progress.worker_id = created.worker_id
-            return await self._rounds(progress)
+            while True:
+                progress.enter(Phase.STARTING)
+                # Unique per run: a worker id names one worker forever (a rerun of the task
+                # must not find the ended worker of an earlier run).
+                worker_id = f"w-{task.id}-{secrets.token_hex(3)}"
+                created = await self._client.create(self._spec, worker_id=worker_id)
+                progress.on_new_worker(created.worker_id)
+                try:
+                    return await self._rounds(progress)
+                except WorkerDied as died:
+                    progress.worker_failures.append(died.reason)
+                    log.warning(
+                        "task worker died",
+                        task_id=task.id,
+                        worker_id=progress.worker_id,
+                        reason=died.reason,
+                        deaths=len(progress.worker_failures),
+                    )
+                    await self._delete_worker(progress)
+                    if len(progress.worker_failures) > retries:
+                        error = dead_letter(progress.worker_failures, retries)
+                        return progress.outcome(TaskStatus.FAILED, error=error)
         except CodeyardError as exc:
             log.warning("task failed", task_id=task.id, error=str(exc))
             return progress.outcome(TaskStatus.FAILED, error=str(exc))
         except TimeoutError:
             return progress.outcome(TaskStatus.FAILED, error="the agent turn timed out")
         finally:
-            if progress.worker_id is not None:
-                with (
-                    anyio.CancelScope(shield=True),
-                    anyio.move_on_after(60),
-                    contextlib.suppress(CodeyardError),
-                ):
-                    await self._client.delete(progress.worker_id)
+            await self._delete_worker(progress)
 
-    async def _rounds(self, progress: _Progress) -> TaskOutcome:
+    async def _delete_worker(self, progress: TaskProgress) -> None:
+        """Delete the task's current worker, if any (shielded, bounded, best effort: a dead
+        worker may already be gone)."""
+        worker_id, progress.live_worker = progress.live_worker, None
+        if worker_id is None:
+            return
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(60),
+            contextlib.suppress(CodeyardError),
+        ):
+            await self._client.delete(worker_id)
+
+    async def _rounds(self, progress: TaskProgress) -> TaskOutcome:
+        """The task's rounds from where it stands; raises :class:`WorkerDied`."""
         task = progress.task
-        prompt = task.prompt
         while True:
             progress.rounds += 1
             progress.enter(Phase.CODING)
-            report = await self._turn(progress, prompt)
+            report = await self._turn(progress, progress.prompt())
+            if (reason := worker_death(report.result)) is not None:
+                progress.rounds -= 1  # not done: the next worker runs this round again
+                raise WorkerDied(reason)
             if report.result.status is not ResultStatus.SUCCESS:
                 error = report.result.error or report.result.terminal_reason or "agent failed"
                 return progress.outcome(TaskStatus.FAILED, error=error)
@@ -255,12 +241,13 @@ class TaskRunner:
             progress.feedback.append(decision.feedback)
             if progress.rounds >= self._config.max_rounds:
                 return progress.outcome(TaskStatus.CHANGES_REQUESTED)
-            prompt = feedback_prompt(task, decision.feedback)
 
-    async def _turn(self, progress: _Progress, prompt: str) -> RunReport:
+    async def _turn(self, progress: TaskProgress, prompt: str) -> RunReport:
         """One developer turn with its git step; throttled results are retried."""
-        task, worker_id = progress.task, progress.worker_id
+        task, worker_id = progress.task, progress.live_worker
         assert worker_id is not None
+        # The n-th replacement worker's runs say so: their ids never repeat a dead one's.
+        replaced = f"-w{len(progress.worker_failures)}" if progress.worker_failures else ""
         step = GitStep(
             repo_url=self._repo.clone_url,
             base=self._repo.base,
@@ -270,7 +257,8 @@ class TaskRunner:
         )
         attempt = 0
         while True:
-            request_id = f"{task.id}-r{progress.rounds}-a{attempt}"
+            request_id = f"{task.id}-r{progress.rounds}-a{attempt}{replaced}"
+            progress.turns_on_worker += 1
             await self._client.send(
                 worker_id,
                 prompt,
