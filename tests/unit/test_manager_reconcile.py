@@ -144,9 +144,15 @@ async def test_a_create_cut_short_is_left_to_its_redelivery_then_failed(world: W
     made = await world.runtime.create(
         ContainerSpec(image="img", command=("sleep", "1000"), labels={LABEL_WORKER: "w-half"})
     )
+    # Past orphan_grace_s (60) but not takeover_s (180) + grace: its create may still be
+    # re-delivered, so it waits; its container (made before the crash) counts as
+    # referenced, not as an orphan.
     world.clock.advance(120)
-    # Its container (made before the crash) counts as referenced, not as an orphan, while
-    # the record waits; past the grace period the record fails.
+    waiting = await world.reconciler.reconcile()
+    assert waiting.failed == []
+    assert made.id not in waiting.removed
+    assert (await world.registry.get("w-half")).status is WorkerStatus.STARTING  # type: ignore[union-attr]
+    world.clock.advance(121)  # 241 s > 180 + 60: no re-delivery came, the record fails
     report = await world.reconciler.reconcile()
     assert report.failed == ["w-half"]
     assert made.id not in report.removed

@@ -45,6 +45,9 @@ class ManagerConfig:
     heartbeat_timeout_s: float = 30.0
     #: Containers of this owner nobody claims are removed only when older than this.
     orphan_grace_s: float = 60.0
+    #: The command service's takeover time: a create left pending by a dead manager is
+    #: delivered again after this long, so a half-made worker waits for it (reconcile).
+    takeover_s: float = 180.0
     #: How often containers are checked (death) and heartbeats compared with the limit.
     watch_interval_s: float = 2.0
     reconcile_interval_s: float = 30.0

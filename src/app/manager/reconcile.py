@@ -8,7 +8,11 @@ another manager's workers run on another engine and are never touched.
 - A live worker whose container has ended or vanished is finished like any death (failed
   result on its output stream, FAILED, container removed).
 - A STARTING worker with no container yet is a create cut short; the re-delivered create
-  command finishes it. Left alone for ``orphan_grace_s``, then failed.
+  command finishes it. That re-delivery comes only after ``takeover_s`` (the create is
+  pending on the dead consumer until then), so such a worker is left alone for
+  ``takeover_s + orphan_grace_s``, then failed: failing it earlier made the re-delivered
+  create answer with a failed worker that never ran (found by tests/faults
+  test_manager_kill9.py).
 - A container no live worker refers to is an orphan: removed once older than
   ``orphan_grace_s`` (a create may be between ``create`` and recording the id). Standby
   containers of an earlier run of this manager are removed at once (not pool members now).
@@ -102,7 +106,8 @@ class Reconciler:
                 # A create cut short; its container, if any, carries the worker id label.
                 made = [c for c in containers if c.labels.get(LABEL_WORKER) == record.worker_id]
                 referenced.update(c.id for c in made)
-                if (now - record.created_at).total_seconds() > self._config.orphan_grace_s:
+                unfinished_grace_s = self._config.takeover_s + self._config.orphan_grace_s
+                if (now - record.created_at).total_seconds() > unfinished_grace_s:
                     await self._registry.set_status(
                         record.worker_id, WorkerStatus.FAILED, error="create never finished"
                     )

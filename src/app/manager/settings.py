@@ -155,6 +155,7 @@ def manager_config(settings: Any, **overrides: Any) -> ManagerConfig:
         "heartbeat_s": manager.heartbeat_s,
         "heartbeat_timeout_s": settings.worker_heartbeat_timeout_s,
         "orphan_grace_s": manager.orphan_grace_s,
+        "takeover_s": manager.takeover_s,
         "watch_interval_s": manager.watch_interval_s,
         "reconcile_interval_s": manager.reconcile_interval_s,
         "warm_pool_size": manager.warm_pool_size,
