@@ -44,7 +44,8 @@ JSON_SHAPE = (
     '--json prints ONE JSON document: {"repo": PATH, "base": BRANCH, "tasks": [{"task_id", '
     '"prompt", "status" (merged | changes_requested | conflict | failed | cancelled), '
     '"branch", "commits", "pull_request", "rounds", "cost_usd", "feedback", "error", '
-    '"conflict_files", "worker_id", "local_branch"}], "branches": {"codeyard/...": SHA}}.'
+    '"conflict_files", "worker_failures", "worker_id", "local_branch"}], '
+    '"branches": {"codeyard/...": SHA}}.'
 )
 
 
