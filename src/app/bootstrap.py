@@ -24,12 +24,12 @@ import anyio.to_thread
 import asyncpg
 import docker
 import redis.asyncio as aioredis
-import redis.exceptions
 import structlog
 from dependency_injector import providers
 
 from codeyard.adapters.docker.client import open_docker_client
 from codeyard.adapters.postgres.migrate import migrate
+from codeyard.adapters.redis.connect import ping_redis
 from codeyard.app.container import Container
 from codeyard.app.settings import Settings
 from codeyard.domain.errors import ServiceUnavailable
@@ -131,13 +131,7 @@ async def _open_clients(settings: Settings, closers: list[_Closer]) -> dict[str,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
         )
         closers.append(_Closer("redis", client.aclose))
-        try:
-            with anyio.fail_after(CONNECT_TIMEOUT_S):
-                await client.ping()
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
-            raise ServiceUnavailable(
-                "Redis unreachable", service="redis", detail=str(exc) or type(exc).__name__
-            ) from exc
+        await ping_redis(client, timeout_s=CONNECT_TIMEOUT_S)
         clients["redis_client"] = client
     if backends.needs_postgres:
         try:

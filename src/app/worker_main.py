@@ -27,9 +27,9 @@ from pathlib import Path
 
 import anyio
 import redis.asyncio as aioredis
-import redis.exceptions
 
 from codeyard.adapters.memory.clock import SystemClock
+from codeyard.adapters.redis.connect import ping_redis
 from codeyard.adapters.redis.event_bus import RedisEventBus
 from codeyard.app.settings import InvalidSettings, Settings, env_var_name
 from codeyard.app.worker_agent import (
@@ -41,7 +41,6 @@ from codeyard.app.worker_agent import (
 )
 from codeyard.app.worker_standby import StandbyConfig, run_standby
 from codeyard.app.worker_wrapper import WorkerWrapper
-from codeyard.domain.errors import ServiceUnavailable
 from codeyard.ports.code_agent import CodeAgent
 
 #: How long reaching Redis may take before the worker gives up (the manager then reports
@@ -81,13 +80,7 @@ async def open_worker_bus(settings: Settings) -> AsyncIterator[RedisEventBus]:
     )
     bus = RedisEventBus(client)
     try:
-        try:
-            with anyio.fail_after(CONNECT_TIMEOUT_S):
-                await client.ping()
-        except (redis.exceptions.RedisError, OSError, TimeoutError) as exc:
-            raise ServiceUnavailable(
-                "Redis unreachable", service="redis", detail=str(exc) or type(exc).__name__
-            ) from exc
+        await ping_redis(client, timeout_s=CONNECT_TIMEOUT_S)
         yield bus
     finally:
         with anyio.move_on_after(settings.shutdown_timeout_s, shield=True):
