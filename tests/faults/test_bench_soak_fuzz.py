@@ -3,17 +3,12 @@ parser fails, and the JSON and summary line are written with sane figures."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests import services
-
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "soak_fuzz.py"
+from tests.bench_support import run_bench_smoke
 
 pytestmark = [pytest.mark.faults, pytest.mark.redis]
 
@@ -22,16 +17,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.redis]
 def test_the_soak_fuzz_bench_smoke_writes_sane_results(tmp_path: Path) -> None:
     if services.find_redis_server() is None:
         services.service_unavailable("Redis", "the redis-server binary is not installed")
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--out-dir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads((tmp_path / "soak_fuzz.json").read_text())
+    result = run_bench_smoke("soak_fuzz", tmp_path, timeout_s=170)
     commands = result["commands"]
     assert commands["commands"] == 200
     assert commands["replied"] + commands["dead_lettered"] == 200

@@ -4,17 +4,13 @@ The targets (>= 50 % of raw, p99 < 10 ms) are the bench's to report, never asser
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests import services
+from tests.bench_support import run_bench_smoke
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "event_path.py"
 MODES = ("codeyard", "raw_pipelined", "raw_sequential")
 PACED = ("codeyard_paced", "raw_paced")
 
@@ -23,17 +19,7 @@ PACED = ("codeyard_paced", "raw_paced")
 def test_the_event_path_bench_smoke_writes_sane_results(tmp_path: Path) -> None:
     if services.find_redis_server() is None:
         services.service_unavailable("Redis", "the redis-server binary is not installed")
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--out-dir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=170,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-    result = json.loads((tmp_path / "event_path.json").read_text())
+    result = run_bench_smoke("event_path", tmp_path, timeout_s=170)
     assert result["name"] == "event_path"
     assert result["events"] == 300
     for mode in MODES + PACED:

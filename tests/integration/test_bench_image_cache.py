@@ -5,19 +5,14 @@ timeout. The hit <= inspect target is reported by the bench, not asserted here."
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import docker
 import pytest
 
 from tests import services
-
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "image_cache.py"
+from tests.bench_support import run_bench_smoke
 
 
 @pytest.mark.docker
@@ -30,17 +25,7 @@ def test_the_image_cache_bench_runs_and_writes_sane_figures(
         services.service_unavailable("Redis", "the redis-server binary is not installed")
     if shutil.which("docker") is None:
         services.service_unavailable("the docker CLI", "not on PATH (the baseline uses it)")
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--out-dir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=880,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-    result = json.loads((tmp_path / "image_cache.json").read_text())
+    result = run_bench_smoke("image_cache", tmp_path, timeout_s=880)
     assert (result["repetitions"], result["cold_builds"]) == (20, 0)
     assert "cold_build" not in result
     for key in ("hit", "docker_image_inspect_cli", "docker_api_inspect"):

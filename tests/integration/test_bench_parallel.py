@@ -8,19 +8,13 @@ asserted here. The first run on a checkout builds the claude worker image, hence
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import docker
 import pytest
 
 from tests import services
-
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "parallel.py"
+from tests.bench_support import run_bench_smoke
 
 
 @pytest.mark.docker
@@ -31,19 +25,7 @@ def test_the_parallel_bench_runs_two_tasks_and_writes_sane_figures(
 ) -> None:
     if services.find_redis_server() is None:
         services.service_unavailable("Redis", "the redis-server binary is not installed")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEYARD_")}
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--out-dir", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=880,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-    result = json.loads((tmp_path / "parallel.json").read_text())
+    result = run_bench_smoke("parallel", tmp_path, timeout_s=880, clean_env=True)
     assert result["name"] == "parallel"
     assert result["sizes"] == [2]
     run = result["runs"]["2"]

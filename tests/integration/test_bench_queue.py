@@ -5,17 +5,12 @@ checked here, never the >= 1.0x target."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests import services
-
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "work_queue.py"
+from tests.bench_support import run_bench_smoke
 
 
 @pytest.mark.postgres
@@ -23,17 +18,7 @@ BENCH = ROOT / "bench" / "work_queue.py"
 def test_the_queue_bench_runs_and_writes_sane_figures(tmp_path: Path) -> None:
     if services.find_postgres_bindir() is None:
         services.service_unavailable("PostgreSQL", "no initdb found")
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--out-dir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-    result = json.loads((tmp_path / "work_queue.json").read_text())
+    result = run_bench_smoke("work_queue", tmp_path, timeout_s=280)
     assert (result["rounds"], result["jobs_per_round"]) == (2, 100)
     for system in ("codeyard", "procrastinate"):
         rates = result[system]["jobs_per_s"]

@@ -8,19 +8,14 @@ worker image (minutes; seconds when the layer cache is warm), hence the timeout.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import docker
 import pytest
 
 from tests import services
+from tests.bench_support import run_bench_smoke
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "spawn.py"
 STEPS = ("first_event", "running")
 
 
@@ -32,19 +27,7 @@ def test_the_spawn_bench_runs_and_writes_sane_figures(
 ) -> None:
     if services.find_redis_server() is None:
         services.service_unavailable("Redis", "the redis-server binary is not installed")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEYARD_")}
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--out-dir", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=880,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-    result = json.loads((tmp_path / "spawn.json").read_text())
+    result = run_bench_smoke("spawn", tmp_path, timeout_s=880, clean_env=True)
     assert result["name"] == "spawn"
     assert result["repetitions"] == 2
     for step in (*STEPS, "create_reply"):

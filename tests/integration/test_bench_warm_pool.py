@@ -9,20 +9,15 @@ the claude worker image (minutes; seconds when the layer cache is warm), hence t
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import docker
 import pytest
 
 from tests import services
+from tests.bench_support import run_bench_smoke
 
-ROOT = Path(__file__).resolve().parents[2]
-BENCH = ROOT / "bench" / "warm_pool.py"
 STEPS = ("ready", "agent_started", "first_output", "result")
 
 
@@ -36,19 +31,7 @@ def test_the_warm_pool_bench_runs_and_warm_beats_cold(
         services.service_unavailable("Redis", "the redis-server binary is not installed")
     if shutil.which("docker") is None:
         services.service_unavailable("the docker CLI", "not on PATH (the bench's floor uses it)")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CODEYARD_")}
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--smoke", "--out-dir", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=880,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-
-    result = json.loads((tmp_path / "warm_pool.json").read_text())
+    result = run_bench_smoke("warm_pool", tmp_path, timeout_s=880, clean_env=True)
     assert result["repetitions"] == 2
     for kind in ("cold", "warm"):
         for step in STEPS:
