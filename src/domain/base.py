@@ -76,6 +76,25 @@ by :func:`cap_json_depth` so that the model holding it always serializes and rea
 :func:`~codeyard.domain.trusted.trusted` builders apply the cap too."""
 
 
+def refuse_json_depth(value: Any) -> Any:
+    """``value`` itself when it nests at most :data:`JSON_MAX_DEPTH` levels, else
+    :class:`InvalidRequest` (the walk stops at the cap: no RecursionError, however deep).
+    For data a caller asked to store or act on, which must not be altered silently."""
+    if isinstance(value, _JSON_CONTAINERS) and not _fits(value, JSON_MAX_DEPTH):
+        raise InvalidRequest(
+            f"JSON nested deeper than {JSON_MAX_DEPTH} levels", max_depth=JSON_MAX_DEPTH
+        )
+    return value
+
+
+StrictJsonObject = Annotated[dict[str, JsonValue], BeforeValidator(refuse_json_depth)]
+"""A JSON object a caller hands over to be kept (a job's payload): nesting deeper than
+:data:`JSON_MAX_DEPTH` is refused with :class:`InvalidRequest` rather than cut, so the
+model always serializes and reads back and what is stored is what was sent."""
+CappedJson = Annotated[JsonValue, BeforeValidator(cap_json_depth)]
+"""Any JSON value, containers capped like :data:`JsonObject` (a reply's result)."""
+
+
 def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
     """Pydantic's errors reduced to ``{"loc", "msg"}`` items (no input echo: may be secret)."""
     return [

@@ -27,7 +27,16 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import AfterValidator, Field, JsonValue, TypeAdapter, ValidationError, model_validator
 
-from codeyard.domain.base import DomainModel, Name, validation_errors
+from codeyard.domain.base import (
+    JSON_MAX_DEPTH,
+    CappedJson,
+    DomainModel,
+    JsonObject,
+    Name,
+    cap_json_depth,
+    refuse_json_depth,
+    validation_errors,
+)
 from codeyard.domain.errors import (
     CodeyardError,
     InternalError,
@@ -165,6 +174,14 @@ def parse_command(fields: Mapping[str, str]) -> AnyCommand:
     if not isinstance(doc, dict):
         raise InvalidCommand("command must be a JSON object")
     try:
+        # Before validation: no command field holds free-form JSON, and a deep document
+        # must not reach code that recurses over it (error reports, logs).
+        refuse_json_depth(doc)
+    except InvalidRequest:
+        raise InvalidCommand(
+            f"command nested deeper than {JSON_MAX_DEPTH} levels", **salvaged
+        ) from None
+    try:
         return _COMMAND.validate_python(doc)
     except ValidationError as exc:
         raise InvalidCommand(
@@ -234,8 +251,10 @@ class Reply(DomainModel):
     #: ``None`` only for a malformed command that named a ``reply_to`` but no valid id.
     request_id: Name | None
     ok: bool
-    result: JsonValue = None
-    error: dict[str, JsonValue] | None = None
+    #: Both capped at ``JSON_MAX_DEPTH`` levels (deeper parts cut, like event details): a
+    #: reply must always go out and read back, whatever a handler or raiser put in it.
+    result: CappedJson = None
+    error: JsonObject | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -250,7 +269,8 @@ class Reply(DomainModel):
     @classmethod
     def failure(cls, request_id: str | None, error: CodeyardError) -> Reply:
         # Round-trip through JSON: error fields may hold anything a raiser put there.
-        payload = json.loads(json.dumps(error.to_dict(), default=str))
+        # Capped first: json.dumps recurses, and raisers' fields may nest arbitrarily deep.
+        payload = json.loads(json.dumps(cap_json_depth(error.to_dict()), default=str))
         return cls(request_id=request_id, ok=False, error=payload)
 
     @classmethod

@@ -6,10 +6,10 @@ import uuid
 from datetime import timedelta
 from enum import StrEnum
 
-from pydantic import AwareDatetime, Field, JsonValue, NonNegativeInt, PositiveInt
+from pydantic import AwareDatetime, Field, NonNegativeInt, PositiveInt
 
 from codeyard.domain.agent import AgentRequest
-from codeyard.domain.base import DomainModel, Name
+from codeyard.domain.base import DomainModel, Name, StrictJsonObject
 from codeyard.domain.worker import WorkerSpec
 
 
@@ -43,11 +43,15 @@ class JobStatus(StrEnum):
 
 
 class Job(DomainModel):
-    """A queued unit of work with a lease. ``payload`` is JSON (usually a dumped Task)."""
+    """A queued unit of work with a lease. ``payload`` is JSON (usually a dumped Task).
+
+    ``payload`` and ``result`` nest at most ``JSON_MAX_DEPTH`` levels (deeper raises
+    :class:`~codeyard.domain.errors.InvalidRequest`): a stored job must read back, and
+    pydantic reads JSON only ~200 levels deep."""
 
     id: Name = Field(default_factory=_new_id)
     queue: Name
-    payload: dict[str, JsonValue]
+    payload: StrictJsonObject
     status: JobStatus = JobStatus.QUEUED
     attempts: NonNegativeInt = 0
     max_attempts: PositiveInt = 3
@@ -57,7 +61,7 @@ class Job(DomainModel):
     created_at: AwareDatetime
     updated_at: AwareDatetime
     last_error: str | None = None
-    result: dict[str, JsonValue] | None = None
+    result: StrictJsonObject | None = None
 
     @property
     def attempts_left(self) -> int:

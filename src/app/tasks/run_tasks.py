@@ -215,10 +215,13 @@ class TaskRunner:
             if report.result.status is not ResultStatus.SUCCESS:
                 error = report.result.error or report.result.terminal_reason or "agent failed"
                 return progress.outcome(TaskStatus.FAILED, error=error)
-            pushed = report.git is not None and report.git.pushed and not report.git.error
-            if not pushed and progress.pr is None:  # nothing pushed ever: nothing to review
-                why = (report.git.error if report.git else None) or "no change pushed"
-                return progress.outcome(TaskStatus.FAILED, error=why)
+            git_error = report.git.error if report.git else None
+            pushed = report.git is not None and report.git.pushed and not git_error
+            # Nothing to review: no push now nor ever before. ``commits`` counts pushes of
+            # workers that died after pushing too: their replacement, finding the change
+            # on the branch already, may have nothing new to push.
+            if not pushed and progress.pr is None and (git_error or not progress.commits):
+                return progress.outcome(TaskStatus.FAILED, error=git_error or "no change pushed")
             progress.pr = await self._host.open_pull_request(
                 self._repo.name,
                 head=task.branch,
