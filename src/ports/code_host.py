@@ -21,6 +21,13 @@ class CodeHost(Protocol):
     - ``diff`` is the unified diff of the head against its merge base with ``base``
       (what the PR changes, as ``git diff base...head`` shows it).
     - ``comment`` adds a comment; ``comments`` lists them oldest first.
+    - ``branch_commits`` lists the commits ``head`` has over ``base`` (reachable from
+      ``head``, not from ``base``: ``git rev-list --reverse base..head``) as full SHAs,
+      oldest first; empty when ``head`` adds nothing. ``head`` and ``base`` are branch
+      names or commit SHAs. A pull request's commits are those of its ``head_sha`` (or
+      ``head``) over its ``base``; a squash merge keeps listing them (the squash commit on
+      ``base`` is a new one). An unknown repository raises ``RepositoryNotFound``; a
+      ``head`` or ``base`` the repository does not have raises ``InvalidRequest``.
     - ``merge`` merges an OPEN PR (squash by default: one new commit on ``base`` holding the
       whole change, with ``message`` or the PR title) and returns it MERGED with
       ``merge_sha``. Changes that do not apply cleanly raise ``MergeConflict`` (with the
@@ -41,6 +48,8 @@ class CodeHost(Protocol):
     async def comment(self, repo: str, number: int, body: str) -> None: ...
 
     async def comments(self, repo: str, number: int) -> list[str]: ...
+
+    async def branch_commits(self, repo: str, *, head: str, base: str) -> list[str]: ...
 
     async def merge(
         self,

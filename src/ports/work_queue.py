@@ -37,6 +37,9 @@ class WorkQueue(Protocol):
       always has ``attempts < max_attempts``.
     - ``extend``, ``complete`` and ``fail`` require the caller to hold the lease
       (``owner`` and unexpired), else ``LeaseLost``; unknown ids raise ``JobNotFound``.
+    - ``complete`` refuses a ``result`` that is not JSON (NaN, infinities) or nests deeper
+      than ``JSON_MAX_DEPTH`` levels with ``InvalidRequest``, leaving the job unchanged
+      (still held): a stored job must read back.
     - ``fail`` re-queues with ``retry.delay(attempts)`` while attempts remain, else marks the
       job ``failed`` (dead letter) keeping ``last_error``.
     - ``cancel`` marks a non-terminal job cancelled; a running holder finds out via

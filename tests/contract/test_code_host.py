@@ -228,3 +228,37 @@ async def test_independent_pull_requests_both_merge(harness: Harness) -> None:
     assert await harness.read("main", "src/app.py") == "VALUE = 3\n"
     assert await harness.read("main", "src/util.py") == "X = 3\n"
     assert await harness.read("main", "README.md") == SEED["README.md"]
+
+
+async def test_branch_commits_over_the_base_oldest_first(harness: Harness) -> None:
+    host, repo = harness.host, harness.repo
+    base_sha = await harness.sha("main")
+    assert base_sha is not None
+    first = await harness.push("task/commits", {"c1.txt": "1\n"})
+    second = await harness.push("task/commits", {"c2.txt": "2\n"})
+    assert await host.branch_commits(repo, head="task/commits", base="main") == [first, second]
+    # SHAs work as well as branch names; a head with nothing over its base lists nothing.
+    assert await host.branch_commits(repo, head=first, base=base_sha) == [first]
+    assert await host.branch_commits(repo, head="main", base="task/commits") == []
+    # The base moving on (another PR merged) does not add its commits to the branch's.
+    await harness.push("task/other", {"o.txt": "o\n"})
+    other = await host.open_pull_request(repo, head="task/other", base="main", title="O")
+    await host.merge(repo, other.number)
+    assert await host.branch_commits(repo, head="task/commits", base="main") == [first, second]
+    # A squash-merged pull request still lists its commits (by its head sha).
+    pr = await host.open_pull_request(repo, head="task/commits", base="main", title="C")
+    merged = await host.merge(repo, pr.number)
+    assert merged.head_sha == second
+    assert await host.branch_commits(repo, head=merged.head_sha, base=merged.base) == [
+        first,
+        second,
+    ]
+
+
+async def test_branch_commits_of_unknown_refs_and_repositories(harness: Harness) -> None:
+    with pytest.raises(InvalidRequest):
+        await harness.host.branch_commits(harness.repo, head="task/never-pushed", base="main")
+    with pytest.raises(InvalidRequest):
+        await harness.host.branch_commits(harness.repo, head="main", base="no-such-base")
+    with pytest.raises(RepositoryNotFound):
+        await harness.host.branch_commits("no-such-repo-here", head="task/x", base="main")

@@ -29,11 +29,13 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from pydantic import JsonValue
 
 from codeyard.adapters.memory.clock import ManualClock
 from codeyard.adapters.memory.work_queue import InMemoryWorkQueue
 from codeyard.adapters.postgres.migrate import migrate
 from codeyard.adapters.postgres.work_queue import PostgresWorkQueue
+from codeyard.domain.base import JSON_MAX_DEPTH
 from codeyard.domain.errors import CodeyardError, InvalidRequest, JobNotFound, LeaseLost
 from codeyard.domain.task import Job, JobStatus, RetryPolicy
 from codeyard.ports.work_queue import LEASE_EXPIRED_ON_FINAL_ATTEMPT, WorkQueue
@@ -425,6 +427,27 @@ async def test_complete_records_the_result_and_ends_the_lease(env: QueueEnv) -> 
     assert await env.queue.depth(Q) == 0
     with pytest.raises(LeaseLost):
         await env.queue.complete(job.id, "w1")
+
+
+async def test_complete_refuses_a_result_that_would_not_read_back(env: QueueEnv) -> None:
+    job = await env.queue.enqueue(Q, {})
+    held = await env.queue.claim(Q, "w1", lease=LONG)
+    assert held is not None
+    deep: dict[str, JsonValue] = {"leaf": 1}
+    for _ in range(JSON_MAX_DEPTH):  # one level past the cap
+        deep = {"d": deep}
+    not_json: dict[str, JsonValue] = {"x": math.nan}
+    for bad in (deep, not_json):
+        with pytest.raises(InvalidRequest):
+            await env.queue.complete(job.id, "w1", result=bad)
+        assert await env.queue.get(job.id) == held  # unchanged, still held by w1
+
+    at_cap: dict[str, JsonValue] = {"leaf": 1}
+    for _ in range(JSON_MAX_DEPTH - 1):
+        at_cap = {"d": at_cap}
+    done = await env.queue.complete(job.id, "w1", result=at_cap)
+    assert (done.status, done.result) == (JobStatus.SUCCEEDED, at_cap)
+    assert await env.queue.get(job.id) == done
 
 
 async def test_fail_requeues_with_backoff(env: QueueEnv) -> None:

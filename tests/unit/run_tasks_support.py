@@ -9,6 +9,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
+
 from codeyard.adapters.forge import LocalForge
 from codeyard.adapters.memory.clock import SystemClock
 from codeyard.adapters.memory.event_bus import InMemoryEventBus
@@ -82,3 +84,13 @@ async def running_setup(tmp_path: Path) -> AsyncIterator[Setup]:
 
 def task(name: str, scope: str | None = None) -> CodingTask:
     return CodingTask(id=f"t-{name}", prompt=f"[task:{name}] implement {name}", scope=scope)
+
+
+async def branch_commits(setup: Setup, branch: str | None, base: str | None) -> list[str]:
+    """``git rev-list --reverse base..branch`` in the forge's repository."""
+    assert branch is not None
+    assert base is not None
+    bare = setup.forge.repo_path("app")
+    argv = ["git", "-C", str(bare), "rev-list", "--reverse", f"{base}..{branch}"]
+    done = await anyio.run_process(argv)
+    return done.stdout.decode().split()

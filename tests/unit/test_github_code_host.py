@@ -189,6 +189,62 @@ async def test_comment_then_comments_across_pages(client_for: Callable[..., Any]
     replay.assert_done()
 
 
+def compare_pages(shas: list[str]) -> Callable[[httpx.Request], httpx.Response]:
+    """GitHub's compare endpoint over ``shas`` (oldest first), paged by ``per_page``/``page``
+    as GitHub pages it; every page repeats ``total_commits``."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/repos/acme/widgets/compare/main...feature/login"
+        size, page = int(request.url.params["per_page"]), int(request.url.params["page"])
+        batch = shas[(page - 1) * size : page * size]
+        body = {
+            "status": "ahead",
+            "ahead_by": len(shas),
+            "total_commits": len(shas),
+            "commits": [{"sha": sha, "commit": {"message": "m"}} for sha in batch],
+        }
+        return httpx.Response(200, json=body)
+
+    return handle
+
+
+@pytest.mark.parametrize("count", [0, 3, 100, 230])
+async def test_branch_commits_reads_every_compare_page(
+    client_for: Callable[..., Any], count: int
+) -> None:
+    shas = [f"{n:040x}" for n in range(1, count + 1)]
+    handler = compare_pages(shas)
+    pages: list[str] = []
+
+    def counting(request: httpx.Request) -> httpx.Response:
+        pages.append(request.url.params["page"])
+        return handler(request)
+
+    github = host(client_for(counting))
+    assert await github.branch_commits(REPO, head="feature/login", base="main") == shas
+    assert len(pages) == max(1, -(-count // 100))  # no extra request past the last page
+
+
+async def test_branch_commits_of_an_unknown_ref_is_invalid(
+    client_for: Callable[..., Any],
+) -> None:
+    replay = Replay("compare_unknown_ref")
+    with pytest.raises(InvalidRequest) as caught:
+        await host(client_for(replay)).branch_commits(REPO, head="task/never", base="main")
+    replay.assert_done()
+    assert caught.value.fields["status"] == 404
+    assert_token_hidden(caught.value)
+
+
+async def test_branch_commits_refuses_a_ref_that_would_split_the_compare_path(
+    client_for: Callable[..., Any],
+) -> None:
+    replay = Replay("compare_unknown_ref")
+    with pytest.raises(InvalidRequest):
+        await host(client_for(replay)).branch_commits(REPO, head="a...b", base="main")
+    assert replay.requests == []
+
+
 async def test_squash_merge_returns_the_merged_pull_request(
     client_for: Callable[..., Any],
 ) -> None:

@@ -44,6 +44,8 @@ class FakeCodeHost:
         self.notes: dict[int, list[str]] = {}
         self.conflict = conflict
         self.merges: list[tuple[int, MergeMethod, str | None]] = []
+        #: Each head's commits over any base, oldest first.
+        self.commits: dict[str, list[str]] = {}
 
     async def open_pull_request(
         self, repo: str, *, head: str, base: str, title: str, body: str = ""
@@ -64,6 +66,9 @@ class FakeCodeHost:
 
     async def comments(self, repo: str, number: int) -> list[str]:
         return list(self.notes.get(number, []))
+
+    async def branch_commits(self, repo: str, *, head: str, base: str) -> list[str]:
+        return list(self.commits.get(head, ()))
 
     async def merge(
         self,

@@ -160,6 +160,17 @@ class LocalForge:
     async def comments(self, repo: str, number: int) -> list[str]:
         return list((await self._record(repo, number)).comments)
 
+    async def branch_commits(self, repo: str, *, head: str, base: str) -> list[str]:
+        bare = await self._existing(repo)
+        resolved: list[str] = []
+        for role, rev in (("head", head), ("base", base)):
+            sha = await repos.resolve(self._git, bare, _BRANCH.validate_python(rev))
+            if sha is None:
+                raise InvalidRequest(f"no such branch or commit ({role})", repo=repo, rev=rev)
+            resolved.append(sha)
+        head_sha, base_sha = resolved
+        return await repos.rev_list(self._git, bare, base_sha, head_sha)
+
     async def merge(
         self,
         repo: str,

@@ -9,6 +9,7 @@ compare-and-swap, whoever else (a worker over HTTP, another merge) pushes at the
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Mapping
@@ -20,6 +21,8 @@ import anyio
 from codeyard.adapters.forge.git import Git
 from codeyard.domain.errors import InvalidRequest
 
+#: A commit SHA as ``resolve`` accepts it (abbreviated from 7 hex digits).
+_SHA_RE = re.compile(r"^[0-9a-f]{7,64}$")
 #: A file to write (its text) or to delete (None).
 FileChanges = Mapping[str, str | None]
 
@@ -67,6 +70,26 @@ async def rev_parse(git: Git, bare: Path, branch: str) -> str | None:
     )  # fmt: skip
     sha = result.stdout.strip()
     return sha if result.ok and sha else None
+
+
+async def resolve(git: Git, bare: Path, rev: str) -> str | None:
+    """The commit of branch ``rev``, else of commit SHA ``rev`` (full or abbreviated), in
+    ``bare``; None when it has neither. Nothing else (tags, ``HEAD~1``) is looked up."""
+    sha = await rev_parse(git, bare, rev)
+    if sha is not None or not _SHA_RE.match(rev):
+        return sha
+    result = await git.run(
+        f"--git-dir={bare}", "rev-parse", "--quiet", "--verify", f"{rev}^{{commit}}", check=False
+    )
+    found = result.stdout.strip()
+    return found if result.ok and found else None
+
+
+async def rev_list(git: Git, bare: Path, base: str, head: str) -> list[str]:
+    """``git rev-list --reverse base..head``: the commits ``head`` has over ``base``,
+    oldest first (both resolved SHAs)."""
+    result = await git.run(f"--git-dir={bare}", "rev-list", "--reverse", f"{base}..{head}")
+    return result.stdout.split()
 
 
 async def diff(git: Git, bare: Path, base: str, head: str) -> str:

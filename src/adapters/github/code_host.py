@@ -16,16 +16,22 @@ authentication, rate limits and the errors every request can raise. GitHub-speci
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
-from typing import Any
-from urllib.parse import quote
 
 import httpx
 
 from codeyard.adapters.github.api import DIFF, GitHubApi, Sleep, github_message, http_error
+from codeyard.adapters.github.mapping import (
+    check_number,
+    compare_ref,
+    parse_json,
+    pull_path,
+    pull_request_from,
+    repo_path,
+    split_repo,
+    unexpected,
+)
 from codeyard.domain.code_host import (
     MergeBlocked,
     MergeConflict,
@@ -41,8 +47,6 @@ from codeyard.domain.errors import AlreadyExists, CodeyardError, InvalidRequest
 from codeyard.ports.clock import Clock
 
 GITHUB_API = "https://api.github.com"
-# One owner or repository name; "." and ".." would let a path climb out of /repos/.
-_PART_RE = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,100}$")
 _PAGE_SIZE = 100
 
 
@@ -96,11 +100,11 @@ class GitHubCodeHost:
     async def open_pull_request(
         self, repo: str, *, head: str, base: str, title: str, body: str = ""
     ) -> PullRequest:
-        owner, _ = _split(repo)
+        owner, _ = split_repo(repo)
         payload = {"title": title, "head": head, "base": base, "body": body}
-        response = await self._api.request("POST", f"{_repo_path(repo)}/pulls", json=payload)
+        response = await self._api.request("POST", f"{repo_path(repo)}/pulls", json=payload)
         if response.status_code == 201:
-            return _pull_request(repo, _json(response))
+            return pull_request_from(repo, parse_json(response))
         if response.status_code == 404:
             raise http_error(RepositoryNotFound, "no such repository", response, repo=repo)
         if response.status_code == 422:
@@ -109,31 +113,31 @@ class GitHubCodeHost:
             raise http_error(
                 InvalidRequest, "GitHub refused the pull request", response, head=head, base=base
             )
-        raise _unexpected(response)
+        raise unexpected(response)
 
     async def _open_pull_request_for(
         self, repo: str, owner: str, head: str, base: str, refusal: httpx.Response
     ) -> PullRequest:
         params = {"head": f"{owner}:{head}", "base": base, "state": "open"}
-        response = await self._api.request("GET", f"{_repo_path(repo)}/pulls", params=params)
+        response = await self._api.request("GET", f"{repo_path(repo)}/pulls", params=params)
         if response.status_code != 200:
-            raise _unexpected(response)
-        found = _json(response)
+            raise unexpected(response)
+        found = parse_json(response)
         if not isinstance(found, list) or not found:
             # Closed between GitHub's refusal and this read: the caller may simply retry.
             raise http_error(
                 AlreadyExists, "a pull request exists but is not open", refusal, head=head
             )
-        return _pull_request(repo, found[0])
+        return pull_request_from(repo, found[0])
 
     async def get_pull_request(self, repo: str, number: int) -> PullRequest:
-        response = await self._api.request("GET", _pull_path(repo, number))
+        response = await self._api.request("GET", pull_path(repo, number))
         if response.status_code == 200:
-            return _pull_request(repo, _json(response))
+            return pull_request_from(repo, parse_json(response))
         raise await self._failure(response, repo, number)
 
     async def diff(self, repo: str, number: int) -> str:
-        response = await self._api.request("GET", _pull_path(repo, number), accept=DIFF)
+        response = await self._api.request("GET", pull_path(repo, number), accept=DIFF)
         if response.status_code == 200:
             return response.text
         raise await self._failure(response, repo, number)
@@ -141,26 +145,64 @@ class GitHubCodeHost:
     # --- comments -----------------------------------------------------------------------------
 
     async def comment(self, repo: str, number: int, body: str) -> None:
-        path = f"{_repo_path(repo)}/issues/{_number(number)}/comments"
+        path = f"{repo_path(repo)}/issues/{check_number(number)}/comments"
         response = await self._api.request("POST", path, json={"body": body})
         if response.status_code != 201:
             raise await self._failure(response, repo, number)
 
     async def comments(self, repo: str, number: int) -> list[str]:
-        url: str | None = f"{_repo_path(repo)}/issues/{_number(number)}/comments"
+        url: str | None = f"{repo_path(repo)}/issues/{check_number(number)}/comments"
         params: dict[str, str] | None = {"per_page": str(_PAGE_SIZE)}
         bodies: list[str] = []
         while url is not None:
             response = await self._api.request("GET", url, params=params)
             if response.status_code != 200:
                 raise await self._failure(response, repo, number)
-            page = _json(response)
+            page = parse_json(response)
             if not isinstance(page, list):
-                raise _unexpected(response)
+                raise unexpected(response)
             bodies.extend(str(item.get("body") or "") for item in page)
             # GitHub's "next" link carries every query parameter itself.
             url, params = response.links.get("next", {}).get("url"), None
         return bodies
+
+    # --- commits ------------------------------------------------------------------------------
+
+    async def branch_commits(self, repo: str, *, head: str, base: str) -> list[str]:
+        # The compare API lists the commits of head since its merge base with base (what
+        # base..head is), oldest first, in pages; ``total_commits`` says when all are in,
+        # whether or not GitHub sends a Link header.
+        path = f"{repo_path(repo)}/compare/{compare_ref(base)}...{compare_ref(head)}"
+        shas: list[str] = []
+        page = 1
+        while True:
+            params = {"per_page": str(_PAGE_SIZE), "page": str(page)}
+            response = await self._api.request("GET", path, params=params)
+            if response.status_code != 200:
+                raise await self._compare_failure(response, repo, head=head, base=base)
+            data = parse_json(response)
+            try:
+                total = int(data["total_commits"])
+                batch = [str(item["sha"]) for item in data["commits"]]
+            except (KeyError, TypeError, ValueError) as exc:
+                raise unexpected(response) from exc
+            shas.extend(batch)
+            if not batch or len(shas) >= total:
+                return shas
+            page += 1
+
+    async def _compare_failure(
+        self, response: httpx.Response, repo: str, *, head: str, base: str
+    ) -> CodeyardError:
+        """404 is an unknown repository or ref (the repository is probed to tell which)."""
+        if response.status_code != 404:
+            return unexpected(response)
+        probe = await self._api.request("GET", repo_path(repo))
+        if probe.status_code == 404:
+            return http_error(RepositoryNotFound, "no such repository", probe, repo=repo)
+        return http_error(
+            InvalidRequest, "no such branch or commit", response, head=head, base=base
+        )
 
     # --- merge --------------------------------------------------------------------------------
 
@@ -190,10 +232,10 @@ class GitHubCodeHost:
                 payload["commit_message"] = rest.strip()
         elif method is MergeMethod.SQUASH:
             payload["commit_title"] = f"{current.title} (#{number})"
-        response = await self._api.request("PUT", f"{_pull_path(repo, number)}/merge", json=payload)
+        response = await self._api.request("PUT", f"{pull_path(repo, number)}/merge", json=payload)
         if response.status_code != 200:
             raise await self._merge_failure(response, repo, number)
-        outcome = _json(response)
+        outcome = parse_json(response)
         merge_sha = outcome.get("sha") if isinstance(outcome, dict) else None
         merged = await self.get_pull_request(repo, number)
         # The PUT's sha is the merge commit; a read racing GitHub's update may lag behind it.
@@ -220,78 +262,10 @@ class GitHubCodeHost:
     async def _failure(self, response: httpx.Response, repo: str, number: int) -> CodeyardError:
         """The error for a failed pull-request call (404 probes the repository)."""
         if response.status_code != 404:
-            return _unexpected(response)
-        probe = await self._api.request("GET", _repo_path(repo))
+            return unexpected(response)
+        probe = await self._api.request("GET", repo_path(repo))
         if probe.status_code == 404:
             return http_error(RepositoryNotFound, "no such repository", probe, repo=repo)
         return http_error(
             PullRequestNotFound, "no such pull request", response, repo=repo, number=number
         )
-
-
-# --- mapping --------------------------------------------------------------------------------
-
-
-def _split(repo: str) -> tuple[str, str]:
-    owner, sep, name = repo.partition("/")
-    if not sep or not _PART_RE.match(owner) or not _PART_RE.match(name):
-        raise InvalidRequest("a GitHub repository is OWNER/NAME", repo=repo)
-    return owner, name
-
-
-def _repo_path(repo: str) -> str:
-    owner, name = _split(repo)
-    return f"/repos/{quote(owner, safe='')}/{quote(name, safe='')}"
-
-
-def _number(number: int) -> int:
-    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
-        raise InvalidRequest("a pull request number is a positive integer", number=number)
-    return number
-
-
-def _pull_path(repo: str, number: int) -> str:
-    return f"{_repo_path(repo)}/pulls/{_number(number)}"
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError as exc:
-        raise _unexpected(response) from exc
-
-
-def _unexpected(response: httpx.Response) -> CodeyardError:
-    return http_error(
-        InvalidRequest, f"unexpected GitHub answer HTTP {response.status_code}", response
-    )
-
-
-def _pull_request(repo: str, data: Any) -> PullRequest:
-    """A GitHub pull object (single or list item: the list lacks ``merged``) as a PullRequest."""
-    try:
-        merged = bool(data.get("merged")) or data.get("merged_at") is not None
-        if merged:
-            state = PullRequestState.MERGED
-        elif data["state"] == "open":
-            state = PullRequestState.OPEN
-        else:
-            state = PullRequestState.CLOSED
-        created = data.get("created_at")
-        return PullRequest(
-            repo=repo,
-            number=data["number"],
-            head=data["head"]["ref"],
-            base=data["base"]["ref"],
-            title=data["title"],
-            body=data.get("body") or "",
-            state=state,
-            url=data.get("html_url") or "",
-            head_sha=data["head"].get("sha"),
-            merge_sha=data.get("merge_commit_sha") if merged else None,
-            created_at=datetime.fromisoformat(created) if created else None,
-        )
-    except (KeyError, TypeError, AttributeError, ValueError) as exc:
-        raise InvalidRequest(
-            "GitHub sent a pull request in an unexpected shape", repo=repo
-        ) from exc

@@ -24,6 +24,7 @@ import anyio.lowlevel
 from pydantic import JsonValue
 
 from codeyard.adapters.memory.clock import SystemClock
+from codeyard.domain.base import refuse_json_depth
 from codeyard.domain.errors import InvalidRequest, JobNotFound, LeaseLost
 from codeyard.domain.task import Job, JobStatus, RetryPolicy
 from codeyard.ports.clock import Clock
@@ -104,7 +105,10 @@ class InMemoryWorkQueue:
     ) -> Job:
         await anyio.lowlevel.checkpoint()
         if result is not None:
+            # Refused before anything changes: a result the model refuses would be stored
+            # and make every later read of the job fail (the Postgres adapter reads back).
             _check_json(result)
+            refuse_json_depth(result)
         job, now = self._held(job_id, owner)
         return self._store(
             job,

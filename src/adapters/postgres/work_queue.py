@@ -34,6 +34,7 @@ from pydantic import JsonValue
 
 from codeyard.adapters.postgres._codec import JOB_COLUMNS, dump_json, job_from_row
 from codeyard.adapters.postgres._errors import translated
+from codeyard.domain.base import refuse_json_depth
 from codeyard.domain.errors import InvalidRequest, JobNotFound, LeaseLost
 from codeyard.domain.task import Job, RetryPolicy
 from codeyard.ports.work_queue import LEASE_EXPIRED_ON_FINAL_ATTEMPT
@@ -179,6 +180,10 @@ class PostgresWorkQueue:
     async def complete(
         self, job_id: str, owner: str, *, result: dict[str, JsonValue] | None = None
     ) -> Job:
+        if result is not None:
+            # Checked before the write: a result the Job model refuses would be stored and
+            # make every later read of the job fail.
+            refuse_json_depth(result)
         return await self._held_write("complete", _COMPLETE, job_id, owner, dump_json(result))
 
     async def fail(

@@ -21,7 +21,9 @@ task's remote branch when one was pushed (the git step checks it out); after
 ``worker_failure_retries`` such retries the task ends ``failed`` with a ``dead_letter:``
 error naming every death (also in ``TaskOutcome.worker_failures``). Every task ends with a
 :class:`TaskOutcome`, failures included; ``cancel`` (an event) stops the unfinished ones,
-whose outcomes say ``cancelled``.
+whose outcomes say ``cancelled``. An outcome's ``commits`` are its pull request's as the
+code host lists them (the turns' git reports when the host cannot say: a worker dying
+right after its push never reports it).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Protocol
 import anyio
 import structlog
 
+from codeyard.app.tasks.commits import pull_request_commits, pushed_commits
 from codeyard.app.tasks.progress import (
     Phase,
     TaskPhase,
@@ -157,6 +160,19 @@ class TaskRunner:
         self, task: CodingTask, on_phase: Callable[[TaskPhase], None] | None = None
     ) -> TaskOutcome:
         progress = TaskProgress(task, on_phase=on_phase)
+        outcome = await self._on_workers(progress)
+        if progress.pr is None:
+            return outcome
+        # The host's list has what the reports miss: the push of a worker that died before
+        # its report got out.
+        commits = await pull_request_commits(
+            self._host, progress.pr, outcome.commits, task_id=task.id
+        )
+        return outcome.model_copy(update={"commits": commits})
+
+    async def _on_workers(self, progress: TaskProgress) -> TaskOutcome:
+        """The task's rounds on a worker, on a new one after each death (up to a limit)."""
+        task = progress.task
         retries = self._config.worker_failure_retries
         try:
             while True:
@@ -217,11 +233,20 @@ class TaskRunner:
                 return progress.outcome(TaskStatus.FAILED, error=error)
             git_error = report.git.error if report.git else None
             pushed = report.git is not None and report.git.pushed and not git_error
-            # Nothing to review: no push now nor ever before. ``commits`` counts pushes of
-            # workers that died after pushing too: their replacement, finding the change
-            # on the branch already, may have nothing new to push.
-            if not pushed and progress.pr is None and (git_error or not progress.commits):
-                return progress.outcome(TaskStatus.FAILED, error=git_error or "no change pushed")
+            # Nothing to review: no push now nor ever before. A worker that died after
+            # pushing leaves its replacement, finding the change on the branch already,
+            # nothing new to push: its commits are in ``commits`` when its report got out,
+            # else only on the branch, hence the host is asked before failing.
+            if not pushed and progress.pr is None:
+                if git_error:
+                    return progress.outcome(TaskStatus.FAILED, error=git_error)
+                if not progress.commits:
+                    progress.commits += await pushed_commits(
+                        self._host, self._repo.name, branch=task.branch, base=self._repo.base,
+                        task_id=task.id,
+                    )  # fmt: skip
+                if not progress.commits:
+                    return progress.outcome(TaskStatus.FAILED, error="no change pushed")
             progress.pr = await self._host.open_pull_request(
                 self._repo.name,
                 head=task.branch,
