@@ -36,6 +36,13 @@ class EventBus(Protocol):
       each group's last-delivered id and not pending in any group (entries a group skipped,
       created after them, count as done). It never removes a pending or undelivered entry,
       nor one published concurrently, and never changes the ids of the entries it keeps.
+    - ``delete_entries`` removes the entries with the given ids wherever they are in the
+      stream (Redis ``XDEL``) and returns how many it removed: unknown ids, ids already
+      removed and a missing stream count 0, empty ``ids`` return 0 without a round trip,
+      a malformed id raises ``InvalidInput``. ``read``/``read_group``/``length`` no longer
+      see them; other entries keep their ids and new ids keep growing past the removed
+      ones. It does not touch consumer groups: a removed entry still pending in a group
+      stays pending until ``claim_stale`` reports it in ``deleted_ids`` (ack first).
     - Cancelling ``read``/``read_group`` while blocked loses no entry: an entry is either
       returned or still unread/pending.
     - Transport unreachable: ``ServiceUnavailable(service=...)``.
@@ -102,6 +109,10 @@ class EventBus(Protocol):
         has acknowledged; never a pending or undelivered one. Returns how many were removed
         (0 for a missing stream/group). With several groups on the stream, an entry goes only
         once every group is done with it (the minimum over all groups)."""
+        ...
+
+    async def delete_entries(self, stream: str, ids: Sequence[str]) -> int:
+        """Remove the entries ``ids`` (see the contract); returns how many existed."""
         ...
 
     async def length(self, stream: str) -> int:

@@ -2,8 +2,11 @@
 encrypted store, ``codeyard serve`` (Docker, Redis, Postgres) creates a worker whose spec
 references it, and the real Claude CLI (scripted model) runs a tool that prints it and
 hashes it into a file. The tool saw it; it is in no event, no log (the manager's, ``docker
-logs``), no image layer or label, no container label, nowhere in Redis or Postgres, except
-where the client itself put it (its prompt, which holds the canary too)."""
+logs``), no image layer or label, no container label, nowhere in Redis (every key, every
+entry) or Postgres. The prompt names it too, as ``{{secret:CANARY_VALUE}}``: the model gets
+the value, while ``worker:commands`` and the input stream only ever hold the reference (and
+the worker deletes the input entry once handled). A reference to a secret the worker lacks
+fails that run by name, and the worker goes on."""
 
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ from tests.integration.secrets_support import (
     redis_dump,
 )
 from tests.services.worker_redis import WorkerRedis
+
+#: The prompt's reference to the canary (its ``SecretRef.env``).
+PROMPT_REF = "{{secret:" + SECRET_ENV + "}}"
 
 pytestmark = [
     pytest.mark.anyio,
@@ -124,10 +130,13 @@ async def test_a_canary_secret_reaches_the_tool_and_leaks_nowhere(
         log = stack.logs / "serve.log"
         async with serving(env, log), CodeyardClient.connect(stack.redis_url) as client:
             created = await client.create(
-                canary_spec(), prompt=f"Run the tool for {canary}.", request_id="sec-1"
+                canary_spec(), prompt=f"Run the tool for {PROMPT_REF}.", request_id="sec-1"
             )
             wid = created.worker_id
             result = await client.wait_result(wid, request_id="sec-1", timeout_s=180)
+            # Refused in the worker before the CLI runs: no model turn, a second at most.
+            await client.send(wid, "And {{secret:NOT_GIVEN}}?", request_id="sec-2")
+            unknown = await client.wait_result(wid, request_id="sec-2", timeout_s=60)
             record = await client.status(wid)
             assert record.container_id is not None
             container = stack.docker.containers.get(record.container_id)
@@ -143,6 +152,12 @@ async def test_a_canary_secret_reaches_the_tool_and_leaks_nowhere(
         postgres_after = await _postgres_dump(stack.postgres_dsn)
     manager_log = log.read_text(errors="replace")
     assert result.status is ResultStatus.SUCCESS, result
+    assert unknown.status is ResultStatus.ERROR, unknown
+    assert unknown.terminal_reason == "unknown_prompt_secret"
+    assert "NOT_GIVEN" in (unknown.error or "")
+    # The model got the prompt with the value filled in (the provider sees prompts).
+    first = server.model_requests()[0].raw_body.decode(errors="replace")
+    assert f"Run the tool for {canary}." in first
     # The tool saw the secret (its hash), and its output went out redacted.
     assert isinstance(seen.output, bytes)
     assert seen.exit_code == 0, seen.output
@@ -150,9 +165,11 @@ async def test_a_canary_secret_reaches_the_tool_and_leaks_nowhere(
     output = redis_after[worker_output_stream(wid)]
     assert f"{SAID}[REDACTED]" in output
     assert canary not in output
-    # Redis: only the client's own input holds it (the prompt: the create command and
-    # the worker's input stream); Postgres (queue, registry) not at all.
-    assert holding(redis_after, canary) == sorted([COMMANDS_STREAM, worker_input_stream(wid)])
+    # Redis: no key at all, the commands and the input stream included (they hold the
+    # reference only, and handled input entries are deleted); Postgres not at all.
+    assert COMMANDS_STREAM in redis_after  # the scan did cover it (trimmed or not)
+    assert json.loads(redis_after[worker_input_stream(wid)]) == []
+    assert holding(redis_after, canary) == []
     assert canary not in postgres_after
     assert wid in postgres_after  # the dump did cover the registry
     assert canary not in record.model_dump_json()
@@ -164,8 +181,12 @@ async def test_a_canary_secret_reaches_the_tool_and_leaks_nowhere(
     assert canary not in history
     assert canary not in image_attrs
     assert canary not in json.dumps(inspected["Config"]["Labels"])
-    # The container's env is where it lives (docker inspect shows it to the engine's
-    # admins, who own the workers anyway), and nowhere else in the container's config.
+    assert_only_in_the_container_env(inspected, canary)
+
+
+def assert_only_in_the_container_env(inspected: dict[str, Any], canary: str) -> None:
+    """The container's env is where it lives (docker inspect shows it to the engine's
+    admins, who own the workers anyway), and nowhere else in the container's config."""
     env_vars = dict(item.split("=", 1) for item in inspected["Config"]["Env"])
     assert env_vars[SECRET_ENV] == canary
     assert env_vars["CODEYARD_SECRET_ENV"] == SECRET_ENV

@@ -17,7 +17,7 @@ from codeyard.app.observability.logging import configure_logging, reset_logging
 from codeyard.domain.agent import ResultStatus
 from codeyard.domain.errors import InvalidRequest, SecretNotFound
 from codeyard.domain.secrets import SECRET_ENV_VAR
-from codeyard.domain.streams import COMMANDS_STREAM, worker_input_stream, worker_output_stream
+from codeyard.domain.streams import COMMANDS_STREAM, worker_output_stream
 from codeyard.domain.worker import SecretRef, WorkerSpec, WorkerStatus
 from codeyard.testing.model_server import ModelServer
 from tests.integration.manager_local_support import local_config, local_manager
@@ -53,9 +53,9 @@ async def test_a_canary_secret_reaches_the_tool_and_nothing_else(
                 config, worker_env={**config.worker_env, "CODEYARD_LOG_LEVEL": "DEBUG"}
             )
             async with local_manager(redis_db, config, tmp_path=tmp_path, credentials=store) as m:
-                created = await m.client.create(
-                    canary_spec(), prompt=f"Use {canary} and run the tool.", request_id="r1"
-                )
+                # The prompt names the secret; only the worker fills the value in.
+                prompt = "Use {{secret:" + SECRET_ENV + "}} and run the tool."
+                created = await m.client.create(canary_spec(), prompt=prompt, request_id="r1")
                 wid = created.worker_id
                 result = await m.client.wait_result(wid, request_id="r1", timeout_s=90)
                 record = await m.manager.app.registry.get(wid)
@@ -80,9 +80,9 @@ async def test_a_canary_secret_reaches_the_tool_and_nothing_else(
     output = dump[worker_output_stream(wid)]
     assert canary not in output
     assert f"{SAID}[REDACTED]" in output
-    # Nowhere in Redis but the client's own input: the prompt holds it, in the create
-    # command and in the worker's input stream (not redacted: it is what the client sent).
-    assert holding(dump, canary) == sorted([COMMANDS_STREAM, worker_input_stream(wid)])
+    # Nowhere in Redis: the create command and the worker's input hold only the reference.
+    assert holding(dump, canary) == []
+    assert "{{secret:" + SECRET_ENV + "}}" in dump[COMMANDS_STREAM]
     # Not in the registry record, labels, the manager's log or the worker's log.
     assert canary not in record.model_dump_json()
     assert all(canary not in str(info.labels) for info in infos)

@@ -138,6 +138,62 @@ async def test_the_wrapper_puts_secrets_in_the_request_and_redacts_every_event(
     assert results[0].text == "[REDACTED]"
 
 
+async def test_a_prompt_secret_reference_is_filled_in_for_the_agent_only(tmp_path: Path) -> None:
+    seen: list[AgentRequest] = []
+
+    def script(request: AgentRequest) -> list[ScriptItem]:
+        seen.append(request)
+        # A CLI that echoes its prompt: the echo is redacted like any other output.
+        return [
+            MessagePayload(text=f"you said: {request.prompt}"),
+            ResultPayload(result=AgentResult(status=ResultStatus.SUCCESS, provider="scripted")),
+        ]
+
+    bus = InMemoryEventBus()
+    inputs = [
+        {"prompt": "use {{secret:CANARY_VALUE}} now", "request_id": "r1"},
+        {"prompt": "and {{secret:NOT_GIVEN}}, {{secret:HOME}}", "request_id": "r2"},
+        {"prompt": "still here?", "request_id": "r3"},
+        {"type": "stop"},
+    ]
+    for message in inputs:
+        await bus.publish(worker_input_stream("w1"), {INPUT_FIELD: json.dumps(message)})
+    wrapper = WorkerWrapper(
+        "w1",
+        bus,
+        ScriptedCodeAgent(script),
+        workdir=tmp_path,
+        instructions=None,
+        provider="scripted",
+        clock=SystemClock(),
+        poll_s=0.05,
+        base_env={"HOME": "/home/worker"},
+        secret_env={"CANARY_VALUE": CANARY},
+    )
+    with anyio.fail_after(5):
+        await wrapper.run()
+    entries = await bus.read(worker_output_stream("w1"), count=1000)
+    events = [AgentEvent.model_validate_json(e.fields[EVENT_FIELD]) for e in entries]
+    # The agent got the value; the output carries neither it nor the filled-in prompt.
+    assert [r.prompt for r in seen] == [f"use {CANARY} now", "still here?"]
+    assert CANARY not in json.dumps([e.fields for e in entries])
+    texts = [e.payload.text for e in events if isinstance(e.payload, MessagePayload)]
+    assert texts[0] == "you said: use [REDACTED] now"
+    # An unknown reference (or a variable that is not a secret) fails that run by name,
+    # without running the agent, and the worker goes on.
+    results = {e.run_id: e.payload.result for e in events if isinstance(e.payload, ResultPayload)}
+    assert results["r1"].status is ResultStatus.SUCCESS
+    assert results["r2"].status is ResultStatus.ERROR
+    assert results["r2"].terminal_reason == "unknown_prompt_secret"
+    assert "'NOT_GIVEN'" in (results["r2"].error or "")
+    assert "'HOME'" in (results["r2"].error or "")
+    assert results["r3"].status is ResultStatus.SUCCESS
+    errors = [e for e in events if e.run_id == "r2" and e.payload.type == "error"]
+    assert len(errors) == 1
+    # Every handled entry is gone from the input stream.
+    assert await bus.length(worker_input_stream("w1")) == 0
+
+
 def test_worker_log_lines_redact_secret_values_under_any_key() -> None:
     out = io.StringIO()
     configure_logging("debug", json=True, stream=out, redact=[CANARY])

@@ -235,6 +235,7 @@ async def test_malformed_input_is_an_error_event_and_the_wrapper_continues(
         await h.send({"prompt": "still alive?"})
         events = await h.wait_for(lambda ev: len(results(ev)) == 1)
         assert await h.bus.pending_count(INPUT, INPUT_GROUP) == 0
+        assert await h.bus.length(INPUT) == 0  # malformed or not, handled means deleted
     errors = [e for e in events if isinstance(e.payload, ErrorPayload)]
     assert len(errors) == 1
     error = errors[0].payload
@@ -266,7 +267,10 @@ async def test_stop_message_ends_the_wrapper_with_stopped(tmp_path: Path) -> Non
             await h.done.wait()
         events = await h.events()
         assert await h.bus.pending_count(INPUT, INPUT_GROUP) == 0
-        assert await h.bus.length(INPUT) == 3
+        # Handled entries (the prompt, the stop) are deleted; the one never run stays.
+        assert [e.fields[INPUT_FIELD] for e in await h.bus.read(INPUT)] == [
+            json.dumps({"prompt": "never run"})
+        ]
     assert len(results(events)) == 1
     last = events[-1].payload
     assert isinstance(last, LifecyclePayload)

@@ -7,8 +7,9 @@ the contract suite runs unchanged against both adapters:
   sequence grows when the clock does not move, as in Redis);
 - ``maxlen`` trims exactly to ``maxlen`` (Redis' ``MAXLEN ~`` keeps at least as many);
 - a consumer group keeps a last-delivered id and a pending entries list (PEL) in id order,
-  each entry with its owner, delivery count and last delivery time; trimmed entries stay
-  in the PEL until ``claim_stale`` reports them as deleted (``XAUTOCLAIM`` in Redis 7);
+  each entry with its owner, delivery count and last delivery time; trimmed or deleted
+  entries (``delete_entries``, like ``XDEL``) stay in the PEL until ``claim_stale``
+  reports them as deleted (``XAUTOCLAIM`` in Redis 7);
 - ``trim_acked`` cuts below the minimum, over all groups, of the oldest pending id and the
   last-delivered id + 1, like the Redis adapter's ``XTRIM MINID``;
 - ``claim_stale`` scans at most ``10 * count`` PEL entries per page, like ``XAUTOCLAIM``.
@@ -22,83 +23,27 @@ Single event loop only (no thread safety), like any anyio object.
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import anyio
 import anyio.lowlevel
 
+from codeyard.adapters.memory._streams import (
+    Group,
+    Pending,
+    Stream,
+    done_below,
+    entry_id_of,
+    fmt_id,
+    parse_id,
+    positive,
+)
 from codeyard.adapters.memory.clock import SystemClock
 from codeyard.domain.errors import InvalidInput, NotFound
-from codeyard.domain.streams import PendingPage, StreamMessage, parse_stream_id
+from codeyard.domain.streams import PendingPage, StreamMessage
 from codeyard.ports.clock import Clock
-
-_Id = tuple[int, int]
-
-
-def _fmt(entry_id: _Id) -> str:
-    return f"{entry_id[0]}-{entry_id[1]}"
-
-
-def _parse(entry_id: str, what: str) -> _Id:
-    try:
-        ms, seq = parse_stream_id(entry_id)
-    except ValueError:
-        raise InvalidInput(f"invalid stream id for {what}", value=entry_id) from None
-    if ms < 0 or seq < 0:
-        raise InvalidInput(f"invalid stream id for {what}", value=entry_id)
-    return ms, seq
-
-
-def _positive(value: int, what: str) -> int:
-    if value < 1:
-        raise InvalidInput(f"{what} must be at least 1", value=value)
-    return value
-
-
-@dataclass
-class _Pending:
-    consumer: str
-    deliveries: int
-    delivered_at: datetime
-
-
-@dataclass
-class _Group:
-    last_delivered: _Id
-    #: Insertion order is id order: entries enter once, when first delivered, in id order.
-    pending: dict[_Id, _Pending] = field(default_factory=dict)
-
-
-@dataclass
-class _Stream:
-    #: Entries in id order.
-    entries: list[tuple[_Id, dict[str, str]]] = field(default_factory=list)
-    #: The last id ever assigned (kept after trimming, as Redis does).
-    last_id: _Id = (0, 0)
-    groups: dict[str, _Group] = field(default_factory=dict)
-
-    def index_after(self, after: _Id) -> int:
-        """Position of the first entry with id > ``after``."""
-        return bisect_right(self.entries, after, key=_entry_id)
-
-    def get(self, entry_id: _Id) -> dict[str, str] | None:
-        i = bisect_left(self.entries, entry_id, key=_entry_id)
-        if i < len(self.entries) and self.entries[i][0] == entry_id:
-            return self.entries[i][1]
-        return None
-
-
-def _done_below(cg: _Group) -> _Id:
-    """The group is done with every entry below this id (the PEL is in id order)."""
-    after_delivered = (cg.last_delivered[0], cg.last_delivered[1] + 1)
-    return min(next(iter(cg.pending), after_delivered), after_delivered)
-
-
-def _entry_id(entry: tuple[_Id, dict[str, str]]) -> _Id:
-    return entry[0]
 
 
 class InMemoryEventBus:
@@ -106,7 +51,7 @@ class InMemoryEventBus:
 
     def __init__(self, clock: Clock | None = None) -> None:
         self._clock: Clock = clock or SystemClock()
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, Stream] = {}
         # One event per stream that somebody waits on; set and dropped on every change.
         self._wakeups: dict[str, anyio.Event] = {}
 
@@ -123,12 +68,12 @@ class InMemoryEventBus:
         if any(not fields for fields in entries):
             raise InvalidInput("a stream entry needs at least one field", stream=stream)
         if maxlen is not None:
-            _positive(maxlen, "maxlen")
+            positive(maxlen, "maxlen")
         await anyio.lowlevel.checkpoint()
         if not entries:
             return []
         # No await from here on: the entries go in together (Redis: one atomic script).
-        state = self._streams.setdefault(stream, _Stream())
+        state = self._streams.setdefault(stream, Stream())
         ms = int(self._clock.now().timestamp() * 1000)
         ids: list[str] = []
         for fields in entries:
@@ -136,7 +81,7 @@ class InMemoryEventBus:
             new_id = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
             state.last_id = new_id
             state.entries.append((new_id, dict(fields)))
-            ids.append(_fmt(new_id))
+            ids.append(fmt_id(new_id))
         if maxlen is not None and len(state.entries) > maxlen:
             del state.entries[: len(state.entries) - maxlen]
         self._wake(stream)
@@ -145,10 +90,10 @@ class InMemoryEventBus:
     async def read(
         self, stream: str, *, after: str = "0-0", count: int = 100, block_s: float | None = None
     ) -> list[StreamMessage]:
-        _positive(count, "count")
+        positive(count, "count")
         await anyio.lowlevel.checkpoint()
         state = self._streams.get(stream)
-        start = (state.last_id if state else (0, 0)) if after == "$" else _parse(after, "after")
+        start = (state.last_id if state else (0, 0)) if after == "$" else parse_id(after, "after")
         deadline = self._deadline(block_s)
         while True:
             state = self._streams.get(stream)
@@ -156,9 +101,21 @@ class InMemoryEventBus:
                 i = state.index_after(start)
                 found = state.entries[i : i + count]
                 if found:
-                    return [StreamMessage(stream=stream, id=_fmt(k), fields=v) for k, v in found]
+                    return [StreamMessage(stream=stream, id=fmt_id(k), fields=v) for k, v in found]
             if not await self._wait(stream, deadline):
                 return []
+
+    async def delete_entries(self, stream: str, ids: Sequence[str]) -> int:
+        parsed = {parse_id(i, "delete_entries") for i in ids}
+        await anyio.lowlevel.checkpoint()
+        state = self._streams.get(stream)
+        if state is None or not parsed:
+            return 0
+        # Consumer groups are left alone, as XDEL does: a pending one stays in the PEL.
+        kept = [entry for entry in state.entries if entry[0] not in parsed]
+        removed = len(state.entries) - len(kept)
+        state.entries = kept
+        return removed
 
     async def length(self, stream: str) -> int:
         await anyio.lowlevel.checkpoint()
@@ -173,11 +130,11 @@ class InMemoryEventBus:
     # --- consumer groups -------------------------------------------------------------------
 
     async def ensure_group(self, stream: str, group: str, *, start: str = "0-0") -> None:
-        begin = None if start == "$" else _parse(start, "start")
+        begin = None if start == "$" else parse_id(start, "start")
         await anyio.lowlevel.checkpoint()
-        state = self._streams.setdefault(stream, _Stream())
+        state = self._streams.setdefault(stream, Stream())
         if group not in state.groups:
-            state.groups[group] = _Group(last_delivered=state.last_id if begin is None else begin)
+            state.groups[group] = Group(last_delivered=state.last_id if begin is None else begin)
 
     async def read_group(
         self,
@@ -188,7 +145,7 @@ class InMemoryEventBus:
         count: int = 10,
         block_s: float | None = None,
     ) -> list[StreamMessage]:
-        _positive(count, "count")
+        positive(count, "count")
         await anyio.lowlevel.checkpoint()
         deadline = self._deadline(block_s)
         while True:
@@ -199,17 +156,17 @@ class InMemoryEventBus:
             if found:
                 now = self._clock.now()
                 for entry_id, _ in found:
-                    cg.pending[entry_id] = _Pending(consumer, 1, now)
+                    cg.pending[entry_id] = Pending(consumer, 1, now)
                 cg.last_delivered = found[-1][0]
                 return [
-                    StreamMessage(stream=stream, id=_fmt(k), fields=v, deliveries=1)
+                    StreamMessage(stream=stream, id=fmt_id(k), fields=v, deliveries=1)
                     for k, v in found
                 ]
             if not await self._wait(stream, deadline):
                 return []
 
     async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
-        parsed = [_parse(i, "ack") for i in ids]
+        parsed = [parse_id(i, "ack") for i in ids]
         await anyio.lowlevel.checkpoint()
         state = self._streams.get(stream)
         cg = state.groups.get(group) if state else None
@@ -227,10 +184,10 @@ class InMemoryEventBus:
         cursor: str = "0-0",
         count: int = 100,
     ) -> PendingPage:
-        _positive(count, "count")
+        positive(count, "count")
         if min_idle_s < 0:
             raise InvalidInput("min_idle_s must not be negative", value=min_idle_s)
-        start = _parse(cursor, "cursor")
+        start = parse_id(cursor, "cursor")
         await anyio.lowlevel.checkpoint()
         state, cg = self._group(stream, group)
         now = self._clock.now()
@@ -248,7 +205,7 @@ class InMemoryEventBus:
             fields = state.get(entry_id)
             if fields is None:  # trimmed away: drop from the PEL and report it
                 del cg.pending[entry_id]
-                deleted.append(_fmt(entry_id))
+                deleted.append(fmt_id(entry_id))
                 remaining -= 1
                 continue
             entry = cg.pending[entry_id]
@@ -259,10 +216,10 @@ class InMemoryEventBus:
             remaining -= 1
             claimed.append(
                 StreamMessage(
-                    stream=stream, id=_fmt(entry_id), fields=fields, deliveries=entry.deliveries
+                    stream=stream, id=fmt_id(entry_id), fields=fields, deliveries=entry.deliveries
                 )
             )
-        next_cursor = _fmt(candidates[next_pos]) if next_pos < len(candidates) else "0-0"
+        next_cursor = fmt_id(candidates[next_pos]) if next_pos < len(candidates) else "0-0"
         return PendingPage(cursor=next_cursor, messages=tuple(claimed), deleted_ids=tuple(deleted))
 
     async def pending_count(self, stream: str, group: str) -> int:
@@ -275,14 +232,14 @@ class InMemoryEventBus:
         if state is None or group not in state.groups:
             return 0
         # Below every group's oldest pending entry and past none of its undelivered ones.
-        bound = min(_done_below(cg) for cg in state.groups.values())
-        cut = bisect_left(state.entries, bound, key=_entry_id)
+        bound = min(done_below(cg) for cg in state.groups.values())
+        cut = bisect_left(state.entries, bound, key=entry_id_of)
         del state.entries[:cut]
         return cut
 
     # --- internals -------------------------------------------------------------------------
 
-    def _group(self, stream: str, group: str) -> tuple[_Stream, _Group]:
+    def _group(self, stream: str, group: str) -> tuple[Stream, Group]:
         state = self._streams.get(stream)
         cg = state.groups.get(group) if state else None
         if state is None or cg is None:

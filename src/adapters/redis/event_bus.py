@@ -38,6 +38,7 @@ import anyio.lowlevel
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
+from codeyard.adapters.redis.stream_scripts import CLAIM_SCRIPT, PUBLISH_MANY_SCRIPT, TRIM_SCRIPT
 from codeyard.domain.errors import (
     CodeyardError,
     Conflict,
@@ -46,84 +47,6 @@ from codeyard.domain.errors import (
     ServiceUnavailable,
 )
 from codeyard.domain.streams import PendingPage, StreamMessage
-
-# XAUTOCLAIM, then each claimed entry's delivery count from the PEL, in one atomic step.
-_CLAIM_SCRIPT = """
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
-local counts = {}
-for i, entry in ipairs(r[2]) do
-  counts[i] = 0
-  if entry then
-    local p = redis.call('XPENDING', KEYS[1], ARGV[1], entry[1], entry[1], 1)
-    if p[1] then counts[i] = p[1][4] end
-  end
-end
-return {r[1], r[2], r[3] or {}, counts}
-"""
-
-# publish_many: ARGV = maxlen ('' for none), then per entry its field count and fields.
-_PUBLISH_MANY_SCRIPT = """#!lua
-local ids, i = {}, 2
-while i <= #ARGV do
-  local count = tonumber(ARGV[i])
-  local fields = {}
-  for j = 1, count * 2 do fields[j] = ARGV[i + j] end
-  if ARGV[1] == '' then
-    ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(fields))
-  else
-    ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
-  end
-  i = i + 1 + count * 2
-end
-return ids
-"""
-
-# XTRIM MINID below what every group is done with, in one atomic step (a concurrent
-# XADD/XREADGROUP/XGROUP CREATE cannot slip between the reads and the trim). Per group the
-# bound is min(oldest pending id, last-delivered-id + 1); ids are compared and incremented
-# as decimal strings, because Lua numbers (doubles) lose precision past 2^53.
-_TRIM_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return {ms, seq}
-end
-local function num_less(a, b)
-  if #a ~= #b then return #a < #b end
-  return a < b
-end
-local function less(a, b)
-  if a[1] ~= b[1] then return num_less(a[1], b[1]) end
-  return num_less(a[2], b[2])
-end
-local function incr(s)
-  local out, carry = '', 1
-  for i = #s, 1, -1 do
-    local d = tonumber(string.sub(s, i, i)) + carry
-    carry = (d == 10) and 1 or 0
-    out = tostring(d % 10) .. out
-  end
-  if carry == 1 then out = '1' .. out end
-  return out
-end
-local found, bound = false, nil
-for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
-  local info = {}
-  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
-  if info['name'] == ARGV[1] then found = true end
-  local last = parse(info['last-delivered-id'])
-  local b = {last[1], incr(last[2])}
-  if b[2] == '18446744073709551616' then b = last end -- sequence overflow: stay below
-  local p = redis.call('XPENDING', KEYS[1], info['name'])
-  if p[2] then
-    local oldest = parse(p[2])
-    if less(oldest, b) then b = oldest end
-  end
-  if bound == nil or less(b, bound) then bound = b end
-end
-if not found then return 0 end
-return redis.call('XTRIM', KEYS[1], 'MINID', bound[1] .. '-' .. bound[2])
-"""
 
 # redis-py strips the "ERR " prefix: argument errors are recognised by their wording.
 _BAD_ARGUMENT_HINTS = ("invalid", "syntax error", "not an integer", "out of range", "must be")
@@ -195,9 +118,9 @@ class RedisEventBus:
         if not kwargs.get("decode_responses"):
             raise InvalidInput("RedisEventBus needs a client with decode_responses=True")
         self._redis = client
-        self._claim = client.register_script(_CLAIM_SCRIPT)
-        self._trim = client.register_script(_TRIM_SCRIPT)
-        self._publish_many = client.register_script(_PUBLISH_MANY_SCRIPT)
+        self._claim = client.register_script(CLAIM_SCRIPT)
+        self._trim = client.register_script(TRIM_SCRIPT)
+        self._publish_many = client.register_script(PUBLISH_MANY_SCRIPT)
 
     @classmethod
     def from_url(cls, url: str, **client_kwargs: Any) -> RedisEventBus:
@@ -260,6 +183,13 @@ class RedisEventBus:
     async def length(self, stream: str) -> int:
         with _translated("length", stream):
             return int(await self._redis.xlen(stream))
+
+    async def delete_entries(self, stream: str, ids: Sequence[str]) -> int:
+        if not ids:
+            await anyio.lowlevel.checkpoint()
+            return 0
+        with _translated("delete_entries", stream):
+            return int(await self._redis.xdel(stream, *ids))
 
     async def delete_stream(self, stream: str) -> None:
         with _translated("delete_stream", stream):
