@@ -13,7 +13,8 @@ Concurrency: up to ``concurrency`` entries are handled at once (a create may wai
 for an image build), both loops drawing on one pool of slots and never taking more entries
 than there are free slots. So the order between commands is *not* kept: a later command may
 be answered first. Two commands naming the same worker may run at the same time; the
-handler must serialize per worker (the worker manager does).
+handler must serialize per worker (the worker manager does). An entry waiting for a
+store to come back keeps its slot (:mod:`codeyard.app.command_retry` says why).
 
 Exactly once *in effect*: replies are keyed by ``request_id``. Before running a command
 the service looks for a reply to that request id on its reply stream; a re-delivered
@@ -32,115 +33,46 @@ Two processes never run one entry at the same time as long as ``min_idle_s`` exc
 longest handler run; within a process an in-flight set keeps the reclaim loop off entries
 already being handled.
 
-The handler is an application-level protocol (:class:`CommandHandler`), not a port: its
-implementation is the worker manager (app logic composing ports), not a technology
-adapter, and nothing outside ``codeyard.app`` needs to name it.
+One entry's handling (reply, forward, dead letter, retries) is
+:class:`~codeyard.app.command_entry.EntryProcessor`; this module is delivery: the read and
+reclaim loops, the slots, trimming.
 """
 
 from __future__ import annotations
 
 import collections
-import os
-import socket
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
-from pydantic import JsonValue
 
-from codeyard.app.command_dead_letter import DeadLetters, already_replied
-from codeyard.domain.commands import AnyCommand, Reply, parse_command
-from codeyard.domain.errors import (
-    CodeyardError,
-    ForwardLoop,
-    InvalidCommand,
-    InvalidInput,
-    NotFound,
+from codeyard.app.command_config import CommandServiceConfig, default_consumer_name
+from codeyard.app.command_entry import (
+    FORWARDED_FIELD,
+    CommandHandler,
+    EntryProcessor,
+    Forward,
+    forward_count,
 )
-from codeyard.domain.streams import COMMANDS_STREAM, DEAD_LETTER_STREAM, StreamMessage
+from codeyard.domain.errors import CodeyardError, NotFound
+from codeyard.domain.streams import StreamMessage
 from codeyard.ports.event_bus import EventBus
+
+# Re-exported: callers name them from here (the service's public surface).
+__all__ = [
+    "FORWARDED_FIELD",
+    "CommandHandler",
+    "CommandService",
+    "CommandServiceConfig",
+    "Forward",
+    "default_consumer_name",
+    "forward_count",
+]
 
 log = structlog.get_logger(__name__)
 
-#: Entry field counting how many times an entry was forwarded (absent: never).
-FORWARDED_FIELD = "forwarded"
 #: How many finished entry ids a service remembers (see ``CommandService._done``).
 _DONE_MEMORY = 10_000
-#: Longest wait between retries of an entry that failed on transport trouble.
-_MAX_RETRY_S = 10.0
-
-
-@dataclass(frozen=True)
-class Forward:
-    """Returned by a handler: re-publish this entry, unchanged, on ``stream``."""
-
-    stream: str
-
-
-class CommandHandler(Protocol):
-    """Runs one parsed command; returns the JSON result, or a :class:`Forward` when another
-    manager must run it, or raises a CodeyardError. Called concurrently, also for commands
-    naming the same worker: serializing those is the handler's job."""
-
-    async def handle(self, command: AnyCommand) -> JsonValue | Forward: ...
-
-
-def default_consumer_name() -> str:
-    """Unique per process on one host; hosts are told apart by name."""
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-def forward_count(fields: Mapping[str, str]) -> int:
-    """How many times an entry was forwarded; a garbled counter counts as never."""
-    try:
-        return max(0, int(fields.get(FORWARDED_FIELD, "0")))
-    except ValueError:
-        return 0
-
-
-@dataclass(frozen=True)
-class CommandServiceConfig:
-    stream: str = COMMANDS_STREAM
-    dead_letter_stream: str = DEAD_LETTER_STREAM
-    group: str = "codeyard-managers"
-    consumer: str = field(default_factory=default_consumer_name)
-    batch: int = 10
-    block_s: float = 1.0
-    #: An entry pending this long on any consumer is taken over. Must exceed the longest
-    #: handler run, or a slow (not dead) consumer's entry would run twice.
-    min_idle_s: float = 60.0
-    reclaim_interval_s: float = 5.0
-    #: More deliveries than this make an entry poison: dead-lettered, never run again.
-    max_deliveries: int = 5
-    #: Back-off after a transport failure (Redis down) before trying again.
-    retry_s: float = 1.0
-    #: Entries handled at once by this process.
-    concurrency: int = 16
-    #: A command its handler wants forwarded more often than this gets a ForwardLoop reply.
-    max_forwards: int = 3
-    #: Seconds between trims of ACKed entries off the command stream; 0 disables trimming.
-    trim_interval_s: float = 30.0
-    #: Dead letters kept (approximate trimming); ``None``: unbounded.
-    dead_letter_maxlen: int | None = 10_000
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1 or self.max_forwards < 0:
-            raise InvalidInput(
-                "concurrency must be >= 1 and max_forwards >= 0",
-                concurrency=self.concurrency,
-                max_forwards=self.max_forwards,
-            )
-        if self.trim_interval_s < 0 or (
-            self.dead_letter_maxlen is not None and self.dead_letter_maxlen < 1
-        ):
-            raise InvalidInput(
-                "trim_interval_s must be >= 0 and dead_letter_maxlen >= 1",
-                trim_interval_s=self.trim_interval_s,
-                dead_letter_maxlen=self.dead_letter_maxlen,
-            )
 
 
 class _Slots:
@@ -172,11 +104,8 @@ class CommandService:
         self, bus: EventBus, handler: CommandHandler, config: CommandServiceConfig | None = None
     ) -> None:
         self._bus = bus
-        self._handler = handler
         self.config = cfg = config or CommandServiceConfig()
-        self._dead = DeadLetters(
-            bus, cfg.dead_letter_stream, cfg.consumer, cfg.max_deliveries, cfg.dead_letter_maxlen
-        )
+        self._entries = EntryProcessor(bus, handler, cfg)
         self._slots = _Slots(cfg.concurrency)
         # Entry ids this process is handling now: the reclaim loop must not run them twice.
         self._in_flight: set[str] = set()
@@ -321,7 +250,7 @@ class CommandService:
     async def _process_safely(self, message: StreamMessage) -> None:
         """Never raises for one bad entry: what failed stays pending and is retried."""
         try:
-            await self._process_retrying(message)
+            await self._entries.process_retrying(message)
             self._remember_done(message.id)
         except CodeyardError as exc:  # transport trouble that outlasted the retries
             log.warning("command left pending", id=message.id, error=str(exc))
@@ -330,74 +259,3 @@ class CommandService:
         finally:
             self._in_flight.discard(message.id)
             self._slots.give_back(1)
-
-    async def _process_retrying(self, message: StreamMessage) -> None:
-        """:meth:`process`, retried with back-off on transport trouble (Redis restarting).
-        Left to the reclaim loop, an entry this process still holds would wait
-        ``min_idle_s`` (minutes) before anyone took it over; retrying is safe as
-        :meth:`process` is (a reply already published is not made twice). Gives up (the
-        entry stays pending) halfway to ``min_idle_s``, well before another manager may
-        take the entry over."""
-        cfg = self.config
-        give_up = anyio.current_time() + cfg.min_idle_s / 2
-        delay = cfg.retry_s
-        while True:
-            try:
-                await self.process(message)
-            except CodeyardError as exc:
-                if anyio.current_time() + delay >= give_up:
-                    raise
-                log.warning("command retried", id=message.id, error=str(exc), in_s=delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, _MAX_RETRY_S)
-            else:
-                return
-
-    async def process(self, message: StreamMessage) -> None:
-        """Answer, forward or dead-letter one entry, then ACK it."""
-        cfg = self.config
-        if message.deliveries > cfg.max_deliveries:
-            await self._dead.poison(message)
-        else:
-            try:
-                command = parse_command(message.fields)
-            except InvalidCommand as exc:
-                await self._dead.refuse(message, exc)
-            else:
-                if not await already_replied(self._bus, command):
-                    await self._answer(message, command)
-        await self._bus.ack(cfg.stream, cfg.group, [message.id])
-
-    async def _answer(self, message: StreamMessage, command: AnyCommand) -> None:
-        outcome = await self._run(command)
-        if isinstance(outcome, Forward):
-            count = forward_count(message.fields)
-            if count < self.config.max_forwards:
-                # The original fields, so the target parses exactly what the client sent.
-                fields = {**message.fields, FORWARDED_FIELD: str(count + 1)}
-                await self._bus.publish(outcome.stream, fields)
-                log.info("command forwarded", id=message.id, stream=outcome.stream)
-                return
-            loop = ForwardLoop(
-                "command forwarded too many times",
-                forwarded=count,
-                max_forwards=self.config.max_forwards,
-                stream=outcome.stream,
-            )
-            outcome = Reply.failure(command.request_id, loop)
-        await self._bus.publish(command.reply_stream, outcome.to_fields())
-
-    async def _run(self, command: AnyCommand) -> Reply | Forward:
-        try:
-            result = await self._handler.handle(command)
-        except CodeyardError as exc:
-            return Reply.failure(command.request_id, exc)
-        except Exception as exc:  # not BaseException: cancellation always propagates
-            log.exception("command handler failed", request_id=command.request_id)
-            return Reply.internal(command.request_id, type(exc).__name__)
-        if isinstance(result, Forward):
-            return result
-        try:
-            return Reply.success(command.request_id, result)
-        except CodeyardError as exc:  # the handler returned something that is not JSON
-            return Reply.internal(command.request_id, f"unserializable result: {exc}")

@@ -23,6 +23,9 @@ class WorkerCredentials(Protocol):
       idempotent; takes effect on connections already logged in (a warm standby is
       connected before it is claimed). Unknown slot: ``NotFound``.
     - ``revoke(slot)`` deletes the login and ends its open connections; idempotent.
+      ``issue``, ``bind`` and ``revoke`` of one slot on one instance are ordered: however
+      they overlap, each acts as if alone, so a ``bind`` racing a ``revoke`` either binds
+      before it or raises ``NotFound``; it never makes the login again.
     - ``keys(slot)``: the keys (or key patterns) the login may touch, sorted; ``NotFound``
       for an unknown slot. ``slots()``: this owner's slots with a login, sorted.
     - ``check()`` raises ``WorkerAclUnavailable`` when logins cannot be managed at all

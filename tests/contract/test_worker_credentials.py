@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 
+import anyio
 import pytest
 import redis.asyncio as aioredis
 
@@ -108,3 +109,26 @@ async def test_owners_see_only_their_own_slots(make: Factory) -> None:
     await theirs.revoke("a")
     assert await mine.slots() == ("a", "b")
     assert await mine.keys("a") == ("worker:standby:a",)
+
+
+async def test_a_revoke_racing_a_bind_never_leaves_a_login(make: Factory) -> None:
+    creds = make(owner())
+    for attempt in range(20):
+        slot = f"pool-{attempt}"
+        await creds.issue(slot)
+        bound: list[bool] = []
+
+        async def bind(slot: str = slot, bound: list[bool] = bound) -> None:
+            try:
+                await creds.bind(slot, "w1")
+            except NotFound:  # the revoke came first: fine, nothing made
+                bound.append(False)
+            else:
+                bound.append(True)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(bind)
+            tg.start_soon(creds.revoke, slot)
+        assert len(bound) == 1
+    # Whichever ran first, bind and revoke of one slot are ordered: no login comes back.
+    assert await creds.slots() == ()

@@ -22,7 +22,12 @@ from codeyard.domain.streams import COMMANDS_STREAM
 from codeyard.domain.worker import WorkerSpec, WorkerStatus
 from codeyard.domain.worker_access import WorkerAclUnavailable
 from codeyard.testing.model_server import ModelServer, Scenario, Text
-from tests.integration.manager_local_support import local_config, local_manager, until
+from tests.integration.manager_local_support import (
+    local_config,
+    local_manager,
+    until,
+    wait_status,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 MANAGER_PASSWORD = "manager-" + uuid.uuid4().hex
@@ -157,3 +162,55 @@ async def test_a_manager_whose_redis_user_may_not_run_acl_fails_at_start(
         await client.aclose()
         await cast(Any, admin).execute_command("ACL", "DELUSER", name)
         await admin.aclose()
+
+
+async def test_a_dead_workers_login_goes_when_the_watcher_sees_it_die(
+    redis_db: str, manager_url: str, tmp_path: Path
+) -> None:
+    owner = "acl-d-" + uuid.uuid4().hex[:6]
+    admin = aioredis.Redis.from_url(manager_url, decode_responses=True)
+    logins = RedisAclWorkerCredentials(admin, owner=owner)
+    dead: dict[str, tuple[str, str]] = {}  # worker id -> (slot, the worker's Redis URL)
+    try:
+        async with ModelServer(Scenario.text("unused")) as server:
+            # reconcile_interval_s is 3600 here: only the watcher can revoke in time.
+            config = local_config(
+                redis_db, server, owner, warm_pool_size=1, warm_pool_templates=(WorkerSpec(),),
+                worker_redis_acl=True,
+            )  # fmt: skip
+            async with local_manager(
+                manager_url, config, tmp_path=tmp_path, worker_logins=logins
+            ) as m:
+                await until(lambda: m.manager.pool.size() == 1, 20)
+                warm = await m.client.create(WorkerSpec(), request_id="r-warm")
+                cold = await m.client.create(WorkerSpec(labels={"kind": "cold"}), request_id="r-c")
+                slots = {
+                    c.id: c.labels[LABEL_WORKER] for c in await m.runtime.list({LABEL_OWNER: owner})
+                }
+                for worker in (warm, cold):
+                    await wait_status(m.client, worker.worker_id, "running", 30)
+                    container_id = (await m.client.status(worker.worker_id)).container_id
+                    assert container_id is not None
+                    slot = slots[container_id]
+                    dead[worker.worker_id] = (slot, process_env(slot)["CODEYARD_REDIS_URL"])
+                    await m.runtime.stop(container_id, timeout_s=0)
+
+                async def revoked() -> bool:
+                    left = await logins.slots()
+                    return all(slot not in left for slot, _ in dead.values())
+
+                await until(revoked, 10)
+                statuses = [(await m.client.status(w)).status for w in dead]
+    finally:
+        await admin.aclose()
+    assert warm.warm
+    assert not cold.warm
+    assert all(status.is_terminal for status in statuses), statuses
+    for slot, url in dead.values():
+        former = aioredis.Redis.from_url(url)
+        try:
+            with pytest.raises(rexc.AuthenticationError):
+                await former.ping()
+        finally:
+            await former.aclose()
+        assert slot.startswith("pool-") or slot in dead

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import quote
 
+import anyio
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
@@ -67,6 +68,7 @@ async def test_a_worker_login_runs_its_own_traffic_and_nothing_else(acl: Acl) ->
         page = await bus.claim_stale("worker:w1:input", "workers", "c2", min_idle_s=0)
         assert [m.id for m in page.messages] == [got[0].id]
         assert await bus.ack("worker:w1:input", "workers", [got[0].id]) == 1
+        assert await bus.delete_entries("worker:w1:input", [got[0].id]) == 1  # handled
         await bus.publish("worker:w1:output", {"event": "ready"})
         await bus.publish_many("worker:w1:output", [{"event": "a"}, {"event": "b"}], maxlen=100)
         assert await acl.admin.xlen("worker:w1:output") == 3
@@ -81,6 +83,10 @@ async def test_a_worker_login_runs_its_own_traffic_and_nothing_else(acl: Acl) ->
             await bus.publish_many("worker:w2:output", [{"event": "forged"}])
         with pytest.raises(CodeyardError, match="no permissions"):
             await bus.read("worker:standby:pool-2")
+        # XDEL is a worker command, but not on another worker's input: its prompts stay.
+        (others,) = await RedisEventBus(acl.admin).read("worker:w2:input")
+        with pytest.raises(CodeyardError, match="no permissions"):
+            await bus.delete_entries("worker:w2:input", [others.id])
         denied = [
             ("KEYS", "*"),
             ("SCAN", "0"),
@@ -96,6 +102,8 @@ async def test_a_worker_login_runs_its_own_traffic_and_nothing_else(acl: Acl) ->
             ("CLIENT", "LIST"),
             ("XLEN", "worker:standby:pool-2"),
             ("XRANGE", "worker:w1:input", "-", "+"),  # not a worker command, even on own keys
+            ("XDEL", "worker:w2:input", others.id),
+            ("XDEL", COMMANDS_STREAM, "0-1"),
         ]
         for command in denied:
             with pytest.raises(rexc.NoPermissionError):
@@ -154,3 +162,43 @@ async def test_check_fails_with_a_typed_error_when_the_manager_may_not_run_acl(a
     finally:
         await client.aclose()
         await cast(Any, acl.admin).execute_command("ACL", "DELUSER", name)
+
+
+class BindPausingAfterLookup(RedisAclWorkerCredentials):
+    """``bind`` stops between its user lookup and its ``SETUSER`` until ``go_on`` (or
+    0.5 s: with bind and revoke ordered, the revoke cannot set it from inside)."""
+
+    def __init__(self, client: aioredis.Redis, *, owner: str) -> None:
+        super().__init__(client, owner=owner)
+        self.looked_up = anyio.Event()
+        self.go_on = anyio.Event()
+
+    async def _user(self, slot: str) -> dict[str, Any]:
+        info = await super()._user(slot)
+        self.looked_up.set()
+        with anyio.move_on_after(0.5):
+            await self.go_on.wait()
+        return info
+
+
+async def test_a_revoke_landing_inside_a_bind_leaves_no_user_behind(acl: Acl) -> None:
+    creds = BindPausingAfterLookup(acl.admin, owner="acl-" + uuid.uuid4().hex[:8])
+    await creds.issue("pool-1")
+
+    async def revoke() -> None:
+        await creds.revoke("pool-1")
+        creds.go_on.set()
+
+    try:
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(creds.bind, "pool-1", "w1")
+                await creds.looked_up.wait()  # the bind is between its two commands
+                tg.start_soon(revoke)
+        # Unordered, the bind's SETUSER came after the DELUSER and made the user again
+        # (no password: useless, but a leak until the next reconcile pass).
+        assert await creds.slots() == ()
+        assert await acl.admin.acl_getuser(creds.username("pool-1")) is None
+    finally:
+        for slot in await creds.slots():
+            await creds.revoke(slot)

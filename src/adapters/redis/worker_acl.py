@@ -15,11 +15,18 @@ Checked against redis-server 7.0 (tests/integration/test_worker_acl.py):
   the shared Redis, not a way to other keys.
 - ACL users are server-wide (every database): the username carries the owner so several
   managers on one Redis keep apart, and the reconciler finds its own leftovers by prefix.
+- ``bind`` is two commands (the user must exist, then ``SETUSER`` adds keys) and
+  ``SETUSER`` makes a missing user: a ``DELUSER`` landing between them left a passwordless
+  (unusable) user behind until the next reconcile pass. ACL commands cannot run in a
+  script and ``WATCH`` does not cover users, so issue, bind and revoke of one slot take a
+  per-slot lock in this instance: one manager process owns its owner's logins and shares
+  one instance (tests/integration/test_worker_acl.py has the interleaving).
 
 A user's commands: ``PING``, ``SELECT`` (the URL's database), the stream commands a
 worker runs (``XREAD``, ``XREADGROUP``, ``XACK``, ``XADD``, ``XGROUP CREATE``,
-``XAUTOCLAIM``, ``XPENDING``, ``XLEN``), ``DEL`` (the standby stream, once read),
-``EVALSHA`` and ``SCRIPT LOAD``; no channels. Keys are exact names, not
+``XAUTOCLAIM``, ``XPENDING``, ``XLEN``, ``XDEL``: handled input entries, so prompts do not
+pile up), ``DEL`` (the standby stream, once read), ``EVALSHA`` and ``SCRIPT LOAD``; no
+channels. Keys are exact names, not
 ``worker:{id}:*``: a worker id such as ``commands`` or ``standby`` would otherwise match
 the command streams or every standby stream.
 """
@@ -27,10 +34,11 @@ the command streams or every standby stream.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, cast
 
+import anyio
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from pydantic import SecretStr
@@ -51,6 +59,7 @@ WORKER_COMMANDS = (
     "+xautoclaim",
     "+xpending",
     "+xlen",
+    "+xdel",
     "+del",
     "+evalsha",
     "+script|load",
@@ -91,6 +100,7 @@ class RedisAclWorkerCredentials:
         self._redis = client
         self._owner = owner
         self._prefix = f"{USER_PREFIX}{owner}:"
+        self._locks: dict[str, anyio.Lock] = {}
 
     def username(self, slot: str) -> str:
         return self._prefix + slot
@@ -105,19 +115,23 @@ class RedisAclWorkerCredentials:
     async def issue(self, slot: str) -> WorkerLogin:
         password = secrets.token_hex(24)
         rules = ("reset", "on", f">{password}", "resetchannels", *WORKER_COMMANDS)
-        with _translated("issue"):
-            await self._acl("SETUSER", self.username(slot), *rules, f"~{standby_stream(slot)}")
+        async with self._ordered(slot):
+            with _translated("issue"):
+                user = self.username(slot)
+                await self._acl("SETUSER", user, *rules, f"~{standby_stream(slot)}")
         return WorkerLogin(username=self.username(slot), password=SecretStr(password))
 
     async def bind(self, slot: str, worker_id: str) -> None:
-        await self._user(slot)  # SETUSER would create a missing user (disabled, but a leak)
         keys = (worker_input_stream(worker_id), worker_output_stream(worker_id))
-        with _translated("bind"):
-            await self._acl("SETUSER", self.username(slot), *(f"~{k}" for k in keys))
+        async with self._ordered(slot):
+            await self._user(slot)  # SETUSER would create a missing user (disabled, a leak)
+            with _translated("bind"):
+                await self._acl("SETUSER", self.username(slot), *(f"~{k}" for k in keys))
 
     async def revoke(self, slot: str) -> None:
-        with _translated("revoke"):
-            await self._acl("DELUSER", self.username(slot))
+        async with self._ordered(slot):
+            with _translated("revoke"):
+                await self._acl("DELUSER", self.username(slot))
 
     async def keys(self, slot: str) -> tuple[str, ...]:
         raw = (await self._user(slot)).get("keys") or ""
@@ -131,6 +145,17 @@ class RedisAclWorkerCredentials:
         return tuple(
             sorted(n.removeprefix(self._prefix) for n in names if n.startswith(self._prefix))
         )
+
+    @asynccontextmanager
+    async def _ordered(self, slot: str) -> AsyncIterator[None]:
+        """One issue/bind/revoke of ``slot`` at a time (module docstring)."""
+        lock = self._locks.setdefault(slot, anyio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._locks.pop(slot, None)
 
     async def _acl(self, *args: str) -> Any:
         # redis-py's execute_command is untyped; the ACL replies are checked by the callers.

@@ -48,6 +48,9 @@ class ManagerConfig:
     #: The command service's takeover time: a create left pending by a dead manager is
     #: delivered again after this long, so a half-made worker waits for it (reconcile).
     takeover_s: float = 180.0
+    #: How long a command that fails because Postgres or Redis is down is retried before
+    #: it is answered ``service_unavailable`` (never past half the takeover time).
+    store_outage_s: float = 60.0
     #: How often containers are checked (death) and heartbeats compared with the limit.
     watch_interval_s: float = 2.0
     reconcile_interval_s: float = 30.0

@@ -38,6 +38,8 @@ from .hardening import read_only_root, writable_mounts
 LABEL_ROLE = LABEL_PREFIX + "role"
 ROLE_WORKER = "worker"
 ROLE_STANDBY = "standby"
+#: Warm-pool slots start with it; a cold create's slot is its worker id.
+POOL_SLOT_PREFIX = "pool-"
 REDIS_URL_ENV = "CODEYARD_REDIS_URL"
 _HOST_NAMES = frozenset({"host", "localhost", "127.0.0.1", "host.docker.internal"})
 
@@ -89,7 +91,7 @@ def worker_container_spec(
     worker's own Redis login, put into its ``CODEYARD_REDIS_URL`` (``worker_redis_acl``)."""
     check_spec(spec, credentials=credentials)
     ports = tuple(sorted({*config.host_ports, *host_ports(spec.allowed_hosts)}))
-    role = ROLE_STANDBY if slot.startswith("pool-") else ROLE_WORKER
+    role = ROLE_STANDBY if slot.startswith(POOL_SLOT_PREFIX) else ROLE_WORKER
     command = (
         config.worker_executable,
         "--standby",
@@ -135,6 +137,16 @@ def worker_env(config: ManagerConfig, login: WorkerLogin | None) -> dict[str, st
     netloc = f"{user}:{password}@{parts.netloc.rpartition('@')[2]}"
     env[REDIS_URL_ENV] = urlunsplit(parts._replace(netloc=netloc))
     return env
+
+
+def login_slot(worker_id: str, info: ContainerInfo | None, known: str | None) -> str | None:
+    """The slot of ``worker_id``'s login: its container's ``LABEL_WORKER`` (a claimed
+    standby's ``pool-*``, else the worker id), else ``known`` (seen earlier), else the
+    worker id as a cold create's; ``None`` when it may be a pool slot no one saw."""
+    slot = (info.labels.get(LABEL_WORKER) if info is not None else None) or known
+    if slot is None and not worker_id.startswith(POOL_SLOT_PREFIX):
+        slot = worker_id
+    return slot
 
 
 def death_reason(info: ContainerInfo | None) -> str:

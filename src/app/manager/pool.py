@@ -14,12 +14,23 @@ new ones: an unassigned standby is cheaper to replace than to trust.
 
 With per-worker Redis logins (``worker_logins``) each standby gets its own, limited to its
 standby stream until the claim binds it to the worker; a standby removed here loses it.
+
+A claim is two steps: ``take`` hands a standby out, ``handover`` wraps the rest of the
+create. Until ``handover`` ends the pool still *holds* the standby (``holds``, ``held``,
+``slots``): between the take and the registry write that names its container, nothing else
+refers to that ``pool-*`` container, and a reconcile pass must not take it for an orphan.
+``handover`` lets go only after the registry names the container (the create returned), or
+after removing the container and its login itself (the create failed). The reconciler
+reads what the pool holds *before* it reads the registry, so every pass sees the standby
+in at least one of the two: no window.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
@@ -33,7 +44,7 @@ from codeyard.ports.container_runtime import ContainerRuntime
 from codeyard.ports.worker_credentials import WorkerCredentials
 
 from .config import ManagerConfig, WorkerImageSource
-from .launch import worker_container_spec
+from .launch import POOL_SLOT_PREFIX, worker_container_spec
 
 log = structlog.get_logger(__name__)
 CLEANUP_DEADLINE_S = 30.0
@@ -71,33 +82,59 @@ class WarmPool:
         self._images = images
         self._ready: dict[str, list[Standby]] = {}
         self._wake = anyio.Event()
-        #: Every container this pool made and has not handed out or removed.
+        #: Every container this pool made and has not removed or finished handing over.
         self._mine: set[str] = set()
         self.retry_s = 5.0
 
     def holds(self, container_id: str) -> bool:
-        """Whether ``container_id`` is a standby container of this pool, ready or starting."""
+        """Whether ``container_id`` is a standby of this pool: starting, ready or claimed
+        and not handed over yet."""
         return container_id in self._mine
 
+    def held(self) -> frozenset[str]:
+        """The containers ``holds`` is true for, now (the reconciler's snapshot)."""
+        return frozenset(self._mine)
+
     def slots(self) -> frozenset[str]:
-        """The standby slots this pool is starting or holds ready."""
+        """The standby slots this pool is starting, holds ready or is handing over."""
         return frozenset(self._slots)
 
     def size(self) -> int:
         return sum(len(v) for v in self._ready.values())
 
     def take(self, spec: WorkerSpec) -> Standby | None:
-        """A started standby container for ``spec``, or ``None``."""
+        """A started standby container for ``spec``, or ``None``; the pool keeps holding
+        it until :meth:`handover` ends (the caller must enter it right away)."""
         if not self._config.warm_pool_size or spec.secrets:
             return None
         ready = self._ready.get(container_key(spec, self._images))
         if not ready:
             return None
         standby = ready.pop(0)
-        self._mine.discard(standby.container.id)
-        self._slots.discard(standby.slot)
-        self._wake.set()
+        self._wake.set()  # refill now: a claimed standby is no longer ready
         return standby
+
+    @asynccontextmanager
+    async def handover(self, standby: Standby | None) -> AsyncIterator[None]:
+        """Wrap a claim of ``standby`` (no-op for ``None``) up to the registry write that
+        names its container. On an error the standby is removed with its login (no one
+        else knows it); either way the pool stops holding it on the way out."""
+        if standby is None:
+            yield
+            return
+        try:
+            yield
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                try:
+                    await self._runtime.remove(standby.container.id)
+                except CodeyardError as exc:  # once released, an orphan for the reconciler
+                    log.warning("claimed standby not removed", slot=standby.slot, error=str(exc))
+                await self._revoke(standby.slot)
+            raise
+        finally:
+            self._mine.discard(standby.container.id)
+            self._slots.discard(standby.slot)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep the pool full until cancelled; removes its containers on the way out."""
@@ -133,7 +170,7 @@ class WarmPool:
     async def _start_one(
         self, template: WorkerSpec, image: str, image_hash: str, ready: list[Standby]
     ) -> None:
-        slot = "pool-" + uuid.uuid4().hex[:16]
+        slot = POOL_SLOT_PREFIX + uuid.uuid4().hex[:16]
         self._slots.add(slot)
         try:
             login = await self._logins.issue(slot) if self._logins is not None else None

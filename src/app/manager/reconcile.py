@@ -16,13 +16,19 @@ another manager's workers run on another engine and are never touched.
 - A container no live worker refers to is an orphan: removed once older than
   ``orphan_grace_s`` (a create may be between ``create`` and recording the id). Standby
   containers of an earlier run of this manager are removed at once (not pool members now).
-  A container still referenced by a live record is never removed.
+  A container still referenced by a live record, or held by the warm pool, is never
+  removed. The pool's holdings are read *before* the registry: a claimed standby stays
+  held until its container is on the worker's record (``WarmPool.handover``), so a pass
+  sees it held, or (read later) on the record: a claim finishing mid-pass cannot slip
+  between the two reads.
 - With per-worker Redis logins: a login whose slot has no container of this owner, no
   live worker (a create between registering and its container) and no warm-pool standby
   holding it is revoked. Logins, then pool slots, then containers and records are read in
   that order: a login listed was issued before, so its slot shows in one of the later reads
-  (the pool adds a slot before issuing; a claimed standby's container exists before its
-  claim; a cold create registers before issuing).
+  (the pool adds a slot before issuing and keeps it until a claim's handover; a claimed
+  standby's container exists before its claim; a cold create registers before issuing).
+  Dead workers' logins are revoked by the watcher when it finishes them; this pass is the
+  backstop (a revoke that failed, a worker whose slot the watcher never learned).
 """
 
 from __future__ import annotations
@@ -93,6 +99,8 @@ class Reconciler:
         owner = self._config.owner
         logins = await self._logins.slots() if self._logins is not None else ()
         live: set[str] = set(self._pool.slots()) if self._pool is not None else set()
+        # Before the registry read (module docstring): held now, or on a record read later.
+        pooled = self._pool.held() if self._pool is not None else frozenset()
         containers = await self._runtime.list({LABEL_OWNER: owner})
         by_id = {c.id: c for c in containers}
         referenced: set[str] = set()
@@ -116,13 +124,13 @@ class Reconciler:
             referenced.add(record.container_id)
             if info is not None and info.state not in _ENDED:
                 self._slots.adopt(record.worker_id)
-                self._watcher.watch(record)
+                self._watcher.watch(record, slot=info.labels.get(LABEL_WORKER))
                 report.adopted.append(record.worker_id)
             elif record.worker_id not in self._watcher.releasing:
                 await self._watcher.finish(record, info)
                 report.failed.append(record.worker_id)
         for info in containers:
-            if info.id in referenced or self._in_pool(info):
+            if info.id in referenced or info.id in pooled or self._in_pool(info):
                 continue
             if self._first and info.labels.get(LABEL_ROLE) == ROLE_STANDBY:
                 stale = True  # a standby of an earlier run: not in our pool
@@ -157,6 +165,8 @@ class Reconciler:
                 report.revoked.append(slot)
 
     def _in_pool(self, info: ContainerInfo) -> bool:
+        """Held now: a standby the pool made after the snapshot (still young, but the
+        first pass drops standbys regardless of age)."""
         return self._pool is not None and self._pool.holds(info.id)
 
     @staticmethod

@@ -109,6 +109,7 @@ def build_manager(
         clock=clock,
         slots=slots,
         metrics=metrics,
+        worker_logins=worker_logins,
     )
     metrics.workers_from(watcher.state_counts)
     pool = WarmPool(config=config, runtime=runtime, images=images, worker_logins=worker_logins)
@@ -177,7 +178,12 @@ async def run_manager(
             service = CommandService(
                 bus,
                 handler,
-                CommandServiceConfig(stream=stream, concurrency=concurrency, min_idle_s=takeover_s),
+                CommandServiceConfig(
+                    stream=stream,
+                    concurrency=concurrency,
+                    min_idle_s=takeover_s,
+                    store_outage_s=config.store_outage_s,
+                ),
             )
             await tg.start(service.run)
         await tg.start(manager.pool.run)

@@ -84,6 +84,13 @@ class ManagerSettings(BaseModel):
         "over by another (or by its own restart). Keep it above `create_timeout_s` plus a "
         "typical image build, or a slow create runs twice (creates are idempotent).",
     )
+    store_outage_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="A command that fails because Postgres or Redis is down is retried "
+        "with back-off this long (never past half of `takeover_s`), then answered "
+        "`service_unavailable`. `0`: answered at once.",
+    )
     metrics_port: int | None = Field(
         default=None,
         ge=0,
@@ -156,6 +163,7 @@ def manager_config(settings: Any, **overrides: Any) -> ManagerConfig:
         "heartbeat_timeout_s": settings.worker_heartbeat_timeout_s,
         "orphan_grace_s": manager.orphan_grace_s,
         "takeover_s": manager.takeover_s,
+        "store_outage_s": manager.store_outage_s,
         "watch_interval_s": manager.watch_interval_s,
         "reconcile_interval_s": manager.reconcile_interval_s,
         "warm_pool_size": manager.warm_pool_size,

@@ -14,6 +14,10 @@ One sweep every ``watch_interval_s`` (one container list for all workers, not a 
   container is removed, its slot released;
 - active workers of this owner silent for ``heartbeat_timeout_s`` become UNHEALTHY, and
   the queue job they hold (``task_id``) is failed so it is retried elsewhere.
+
+With per-worker Redis logins (``worker_logins``) finishing a worker first revokes its login
+(its slot: see ``launch.login_slot``; sweeps remember it from the listing), so a dead
+worker's login stops working at once, not at the next reconcile pass (the backstop).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
 from codeyard.app.observability.metrics import ManagerMetrics
-from codeyard.domain.container import LABEL_OWNER, ContainerInfo, ContainerState
+from codeyard.domain.container import LABEL_OWNER, LABEL_WORKER, ContainerInfo, ContainerState
 from codeyard.domain.errors import CodeyardError
 from codeyard.domain.events import (
     AgentEvent,
@@ -43,10 +47,11 @@ from codeyard.ports.clock import Clock
 from codeyard.ports.container_runtime import ContainerRuntime
 from codeyard.ports.event_bus import EventBus
 from codeyard.ports.work_queue import WorkQueue
+from codeyard.ports.worker_credentials import WorkerCredentials
 from codeyard.ports.worker_registry import WorkerRegistry
 
 from .config import ManagerConfig
-from .launch import death_reason, death_result
+from .launch import death_reason, death_result, login_slot
 from .slots import Slots
 
 log = structlog.get_logger(__name__)
@@ -58,6 +63,8 @@ class _Watch:
     record: WorkerRecord
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     current_run: str | None = None
+    #: The worker's login slot (its container's LABEL_WORKER), once known.
+    slot: str | None = None
 
 
 class WorkerWatcher:
@@ -72,8 +79,10 @@ class WorkerWatcher:
         clock: Clock,
         slots: Slots,
         metrics: ManagerMetrics | None = None,
+        worker_logins: WorkerCredentials | None = None,
     ) -> None:
         self._config = config
+        self._logins = worker_logins
         self._metrics = metrics or ManagerMetrics()
         self._bus = bus
         self._registry = registry
@@ -109,16 +118,18 @@ class WorkerWatcher:
                 except CodeyardError as exc:
                     log.warning("worker sweep failed", error=str(exc))
 
-    def watch(self, record: WorkerRecord) -> None:
-        """Follow ``record``'s worker (idempotent); its container id must be set."""
+    def watch(self, record: WorkerRecord, *, slot: str | None = None) -> None:
+        """Follow ``record``'s worker (idempotent); its container id must be set. ``slot``:
+        its login's slot when known (else the sweeps learn it)."""
         if self._tg is None:
             msg = "WorkerWatcher.run must be started first"
             raise RuntimeError(msg)
         current = self._watches.get(record.worker_id)
         if current is not None:
             current.record = record
+            current.slot = slot or current.slot
             return
-        watch = _Watch(record)
+        watch = _Watch(record, slot=slot)
         self._watches[record.worker_id] = watch
         self._tg.start_soon(self._follow, watch)
 
@@ -206,6 +217,8 @@ class WorkerWatcher:
             if info is None and container_id is not None:
                 with contextlib.suppress(CodeyardError):
                     info = await self._runtime.inspect(container_id)
+            if info is not None:
+                watch.slot = info.labels.get(LABEL_WORKER) or watch.slot
             if info is None or info.state in _ENDED:
                 await self.finish(watch.record, info)
         await self._check_heartbeats()
@@ -214,6 +227,7 @@ class WorkerWatcher:
         """A worker's container ended (or vanished): report, record, clean up."""
         worker_id = record.worker_id
         watch = self._watches.get(worker_id)
+        await self._revoke_login(worker_id, info, watch)
         current = await self._registry.get(worker_id)
         clean = info is not None and info.exit_code == 0
         if current is not None and not current.status.is_terminal:
@@ -226,6 +240,18 @@ class WorkerWatcher:
             await self._runtime.remove(info.id)
         self.unwatch(worker_id)
         await self._slots.release(worker_id)
+
+    async def _revoke_login(
+        self, worker_id: str, info: ContainerInfo | None, watch: _Watch | None
+    ) -> None:
+        """First thing at a death, so no later step failing keeps the login alive."""
+        slot = login_slot(worker_id, info, watch.slot if watch is not None else None)
+        if self._logins is None or slot is None:
+            return
+        try:
+            await self._logins.revoke(slot)
+        except CodeyardError as exc:  # the reconciler retries
+            log.warning("dead worker's login not revoked", worker_id=worker_id, error=str(exc))
 
     async def _report_death(
         self, record: WorkerRecord, info: ContainerInfo | None, run_id: str | None
