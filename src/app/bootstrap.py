@@ -47,6 +47,8 @@ log = structlog.get_logger(__name__)
 
 #: How long opening one client may take before start-up fails.
 CONNECT_TIMEOUT_S = 10.0
+#: Bound on one Postgres statement; the queue and registry statements take milliseconds.
+POSTGRES_COMMAND_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,14 @@ async def _open_clients(settings: Settings, closers: list[_Closer]) -> dict[str,
         try:
             with anyio.fail_after(CONNECT_TIMEOUT_S):
                 pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(
-                    settings.secret("postgres_dsn"), min_size=1, max_size=10
+                    settings.secret("postgres_dsn"),
+                    min_size=1,
+                    max_size=10,
+                    # A connection silently cut (network split, no RST) would otherwise
+                    # hang a call for the kernel's TCP timeout (minutes) instead of
+                    # raising TimeoutError -> ServiceUnavailable, which commands retry.
+                    timeout=CONNECT_TIMEOUT_S,
+                    command_timeout=POSTGRES_COMMAND_TIMEOUT_S,
                 )
         except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
             raise ServiceUnavailable(

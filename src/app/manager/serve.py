@@ -155,14 +155,18 @@ async def run_manager(
     manager: Manager,
     *,
     concurrency: int = 16,
-    takeover_s: float = 180.0,
+    takeover_s: float | None = None,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve commands until cancelled (see the module docstring); with ``metrics_port``
-    (0: any free port) also ``/metrics``, queue depths refreshed in the background."""
+    (0: any free port) also ``/metrics``, queue depths refreshed in the background.
+    ``takeover_s`` defaults to the manager's own ``config.takeover_s``, which its reconciler
+    also waits on: two different values would let it fail creates still to be re-delivered."""
     config, bus = manager.config, manager.app.event_bus
+    if takeover_s is None:
+        takeover_s = config.takeover_s
     if manager.worker_logins is not None:
         await manager.worker_logins.check()  # WorkerAclUnavailable: fail before serving
     handler = ObservedHandler(manager.handler, manager.metrics)
