@@ -10,7 +10,6 @@ reason of each death. The two other tasks merge untouched; no container is left.
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,16 +21,14 @@ import anyio.to_thread
 import docker
 import pytest
 
-from codeyard.adapters.forge import ForgeServer, LocalForge
-from codeyard.adapters.memory.clock import SystemClock
-from codeyard.app.tasks.run_tasks import Phase, TaskPhase, TaskRunConfig, TaskRunner
+from codeyard.adapters.forge import ForgeServer
+from codeyard.app.tasks.run_tasks import Phase, TaskPhase, TaskRunConfig
 from codeyard.client import CodeyardClient
 from codeyard.domain.code_host import PullRequest, ReviewDecision, ReviewVerdict
-from codeyard.domain.task_run import CodingTask, RepoTarget, TaskStatus
-from codeyard.domain.worker import NetworkPolicy, WorkerSpec
-from codeyard.testing.model_server import Delay, ModelServer, Router, Scenario, Text
-from codeyard.testing.model_server.tools import write_file
-from tests.e2e.serve_support import owned_containers, remove_owned, serve_env, serving
+from codeyard.domain.task_run import CodingTask, TaskStatus
+from codeyard.testing.model_server import ModelServer, Router
+from tests.e2e.serve_support import remove_owned, serve_env, serving
+from tests.faults.task_support import developer, none_left, serving_forge, task_runner
 from tests.integration.manager_support import claude_worker_image  # noqa: F401 - fixture
 from tests.services.worker_redis import WorkerRedis
 
@@ -43,22 +40,10 @@ pytestmark = [
     pytest.mark.timeout(900),  # the fixture may wait for the worker image build
     pytest.mark.usefixtures("claude_worker_image"),
 ]
-TOKEN_ENV = "CODEYARD_GIT_TOKEN"
-FORGE_TOKEN = secrets.token_hex(16)
 NAMES = ("a", "b", "c", "d")
 KILL_ONCE, KILL_ALWAYS = "t-b", "t-d"
 #: The model's first answer is this slow, so the run is still going when the kill lands.
 MODEL_DELAY_S = 4.0
-
-
-def developer(name: str) -> Scenario:
-    path = f"/workspace/app/{name}.txt"
-    return Scenario(
-        turns=[
-            [Delay(MODEL_DELAY_S), Text("Writing."), write_file("claude", path, f"{name}\n")],
-            [Text(f"Done with {name}.")],
-        ]
-    )
 
 
 class ApproveAll:
@@ -70,9 +55,7 @@ class ApproveAll:
 
 @pytest.fixture
 async def forge(tmp_path: Path) -> AsyncIterator[ForgeServer]:
-    local = LocalForge(tmp_path / "forge", clock=SystemClock())
-    await local.create_repo("app", files={"README.md": "# app\n", "app/.keep": ""})
-    async with ForgeServer(local, host="0.0.0.0", token=FORGE_TOKEN) as server:
+    async with serving_forge(tmp_path / "forge") as server:
         yield server
 
 
@@ -116,16 +99,6 @@ class Killer:
         self.kill_times.setdefault(task_id, []).append(time.monotonic())
 
 
-async def none_left(engine: docker.DockerClient, owner: str, deadline_s: float = 30) -> list[str]:
-    """The owner's containers, once there are none or after ``deadline_s`` (a dead
-    worker's container is removed by the manager's watcher, asynchronously)."""
-    with anyio.move_on_after(deadline_s):
-        # Containers of another process: nothing to wait on but polling.
-        while await anyio.to_thread.run_sync(owned_containers, engine, owner):  # noqa: ASYNC110
-            await anyio.sleep(0.2)
-    return await anyio.to_thread.run_sync(owned_containers, engine, owner)
-
-
 async def test_killed_workers_are_replaced_until_the_limit_then_dead_lettered(
     worker_redis_db: WorkerRedis,
     postgres_db: str,
@@ -134,7 +107,7 @@ async def test_killed_workers_are_replaced_until_the_limit_then_dead_lettered(
     tmp_path: Path,
 ) -> None:
     owner = "faults-deaths-" + uuid.uuid4().hex[:6]
-    routes = {f"[task:{n}]": developer(n) for n in NAMES}
+    routes = {f"[task:{n}]": developer(n, MODEL_DELAY_S) for n in NAMES}
     async with ModelServer(Router(routes), host="0.0.0.0") as model:
         env = serve_env(
             owner=owner, redis_url=worker_redis_db.url, postgres_dsn=postgres_db, server=model
@@ -144,27 +117,21 @@ async def test_killed_workers_are_replaced_until_the_limit_then_dead_lettered(
                 serving(env, tmp_path / "serve.log"),
                 CodeyardClient.connect(worker_redis_db.url) as client,
             ):
-                spec = WorkerSpec(
-                    instructions="You are a careful developer.",
-                    network=NetworkPolicy.ALLOWLIST,
-                    allowed_hosts=(str(forge.port),),
-                )
-                runner = TaskRunner(
+                runner = task_runner(
                     client,
-                    forge.forge,
+                    forge,
                     ApproveAll(),
-                    repo=RepoTarget(
-                        name="app",
-                        clone_url=forge.repo_url("app", host="host.docker.internal"),
-                        token_env=TOKEN_ENV,
-                    ),
-                    spec=spec,
-                    git_token=FORGE_TOKEN,
-                    config=TaskRunConfig(
+                    TaskRunConfig(
                         concurrency=4, max_rounds=1, turn_timeout_s=120, worker_failure_retries=2
                     ),
                 )
-                tasks = [CodingTask(id=f"t-{n}", prompt=f"[task:{n}] write {n}") for n in NAMES]
+                # No marker in the title (the commit subject): Claude Code shows the clone's
+                # recent commits before the prompt, so a replacement started after another
+                # task merged would otherwise be routed to that task's script.
+                tasks = [
+                    CodingTask(id=f"t-{n}", prompt=f"[task:{n}] write {n}", title=f"write {n}")
+                    for n in NAMES
+                ]
                 killer = Killer(client, docker_client)
                 began = time.monotonic()
                 async with anyio.create_task_group() as tg:
