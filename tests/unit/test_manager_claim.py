@@ -33,6 +33,7 @@ from codeyard.app.settings import Settings
 from codeyard.domain.commands import CreateWorker
 from codeyard.domain.errors import ServiceUnavailable
 from codeyard.domain.worker import WorkerRecord, WorkerSpec, WorkerStatus
+from tests.unit.pool_support import LiveWorkersRuntime
 
 pytestmark = pytest.mark.anyio
 
@@ -90,7 +91,7 @@ class Claim:
 async def claim() -> AsyncIterator[Claim]:
     clock = ManualClock()
     registry = PausingRegistry(clock)
-    runtime = InMemoryContainerRuntime(owner="me", clock=clock)
+    runtime = LiveWorkersRuntime(owner="me", clock=clock)
     app = App(
         settings=Settings(),
         clock=clock,

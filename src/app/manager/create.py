@@ -13,6 +13,8 @@ outage (Postgres or Redis down) is the exception: what was made is kept for the 
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 import structlog
 from pydantic import JsonValue
@@ -34,7 +36,7 @@ from codeyard.ports.worker_registry import WorkerRegistry
 
 from .config import ManagerConfig, WorkerImageSource
 from .launch import check_spec, worker_container_spec
-from .pool import Standby, WarmPool
+from .pool import Standby, StandbyDead, WarmPool
 from .prompt_push import prompt_pushed
 from .secrets import resolve_secrets, with_secrets
 from .slots import Slots
@@ -43,6 +45,8 @@ from .worker_locks import WorkerLocks
 from .worker_logins import WorkerLoginGrants
 
 log = structlog.get_logger(__name__)
+#: How many standbys one create claims, each found dead, before it starts cold.
+WARM_TRIES = 2
 
 
 def forward_to_owner(record: WorkerRecord, owner: str) -> Forward | None:
@@ -135,10 +139,25 @@ class WorkerCreator:
         self, command: CreateWorker, worker_id: str, existing: WorkerRecord | None
     ) -> tuple[WorkerRecord, bool]:
         standby = self._pool.take(command.spec) if existing is None else None
-        # The pool keeps holding a claimed standby until its container is on the record,
-        # so no reconcile pass takes it for an orphan meanwhile (pool.py).
-        async with self._pool.handover(standby):
-            return await self._launch(command, worker_id, existing, standby)
+        tries = 1
+        while True:
+            try:
+                # The pool keeps holding a claimed standby until its container is on the
+                # record, so no reconcile pass takes it for an orphan meanwhile (pool.py).
+                async with self._pool.handover(standby):
+                    return await self._launch(command, worker_id, existing, standby)
+            except StandbyDead as dead:
+                # A standby that died since the last sweep: handover removed it and its
+                # login; take another, cold after WARM_TRIES (a CLI crashing at boot kills
+                # every standby). Checked on the inspect the warm path makes anyway (the
+                # record's IP), after the assignment is published: no extra engine call
+                # before the worker wakes, where an inspect at take would add one to every
+                # warm claim (12 ms p50) for a case the sweeps keep to one watch interval.
+                with contextlib.suppress(CodeyardError):  # its assignment: no one reads it
+                    await self._bus.delete_stream(standby_stream(str(dead.fields["slot"])))
+                existing = await self._registry.get(worker_id)  # registered by that try
+                standby = self._pool.take(command.spec) if tries < WARM_TRIES else None
+                tries += 1
 
     async def _launch(
         self,
@@ -200,7 +219,9 @@ class WorkerCreator:
         await self._bus.publish(standby_stream(slot), {INPUT_FIELD: assignment.model_dump_json()})
         if standby is None:
             await self._runtime.start(container.id)
-        info = await self._runtime.inspect(container.id)
+            info = await self._runtime.inspect(container.id)
+        else:
+            info = await self._pool.inspect_claimed(standby)  # StandbyDead: see _spawn
         record = await self._registry.set_status(
             worker_id, WorkerStatus.STARTING, container_id=container.id, ip=info.ip
         )

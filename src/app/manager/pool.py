@@ -23,13 +23,21 @@ refers to that ``pool-*`` container, and a reconcile pass must not take it for a
 after removing the container and its login itself (the create failed). The reconciler
 reads what the pool holds *before* it reads the registry, so every pass sees the standby
 in at least one of the two: no window.
+
+Standbys die too (OOM, killed, a CLI that crashes at boot). :meth:`check` gets each
+watcher sweep's container listing (no listing of its own): a ready standby whose container
+has ended or is gone is dropped from the pool, its login revoked, its container removed,
+and the refill replaces it. Between two sweeps a claim may still take a dead one; the
+create then finds it dead (:meth:`inspect_claimed`) and takes another or starts cold
+(``create.WorkerCreator._spawn``). Both count in
+``codeyard_warm_pool_standbys_replaced_total{found=sweep|claim}``.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -37,17 +45,25 @@ import anyio
 import structlog
 from anyio.abc import TaskStatus
 
-from codeyard.domain.container import ContainerInfo
-from codeyard.domain.errors import CodeyardError
+from codeyard.app.observability.metrics import ManagerMetrics
+from codeyard.domain.container import ContainerInfo, ContainerState
+from codeyard.domain.errors import CodeyardError, ContainerNotFound
 from codeyard.domain.worker import WorkerSpec
 from codeyard.ports.container_runtime import ContainerRuntime
 from codeyard.ports.worker_credentials import WorkerCredentials
 
 from .config import ManagerConfig, WorkerImageSource
-from .launch import POOL_SLOT_PREFIX, worker_container_spec
+from .launch import POOL_SLOT_PREFIX, death_reason, worker_container_spec
 
 log = structlog.get_logger(__name__)
 CLEANUP_DEADLINE_S = 30.0
+_ENDED = (ContainerState.EXITED, ContainerState.DEAD)
+
+
+class StandbyDead(CodeyardError):
+    """A claimed standby's container has ended or is gone (the create falls back)."""
+
+    code = "standby_dead"
 
 
 @dataclass(frozen=True)
@@ -72,9 +88,11 @@ class WarmPool:
         runtime: ContainerRuntime,
         images: WorkerImageSource,
         worker_logins: WorkerCredentials | None = None,
+        metrics: ManagerMetrics | None = None,
     ) -> None:
         self._config = config
         self._logins = worker_logins
+        self._metrics = metrics or ManagerMetrics()
         #: Slots with a login and a container not handed out yet (the reconciler keeps
         #: their logins: a starting one has no container to show for it yet).
         self._slots: set[str] = set()
@@ -124,7 +142,10 @@ class WarmPool:
             return
         try:
             yield
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, StandbyDead):
+                log.warning("claimed standby was dead; replacing it", slot=standby.slot)
+                self._metrics.standby_replaced(found="claim")
             with anyio.CancelScope(shield=True):
                 try:
                     await self._runtime.remove(standby.container.id)
@@ -135,6 +156,51 @@ class WarmPool:
         finally:
             self._mine.discard(standby.container.id)
             self._slots.discard(standby.slot)
+
+    async def inspect_claimed(self, standby: Standby) -> ContainerInfo:
+        """``standby``'s container now; :class:`StandbyDead` when it has ended or is gone
+        (inside :meth:`handover`, which then removes it and revokes its login)."""
+        try:
+            info = await self._runtime.inspect(standby.container.id)
+        except ContainerNotFound as exc:
+            raise StandbyDead("claimed standby is gone", slot=standby.slot) from exc
+        if info.state in _ENDED:
+            raise StandbyDead("claimed standby has ended", slot=standby.slot, exit=info.exit_code)
+        return info
+
+    async def check(self, listing: Mapping[str, ContainerInfo]) -> None:
+        """Drop, clean up and replace every ready standby whose container has ended or is
+        gone. ``listing``: this owner's containers by id (a watcher sweep's); a standby
+        missing from it (started after the listing, or removed) is inspected."""
+        dead: list[tuple[Standby, ContainerInfo | None]] = []
+        for ready in list(self._ready.values()):
+            for standby in list(ready):
+                info = listing.get(standby.container.id)
+                if info is None:
+                    try:
+                        info = await self._runtime.inspect(standby.container.id)
+                    except ContainerNotFound:
+                        info = None
+                    except CodeyardError as exc:  # unknown: the next sweep looks again
+                        log.warning("standby not inspected", slot=standby.slot, error=str(exc))
+                        continue
+                # Still ready after the await (not claimed meanwhile): out of the pool
+                # before any await, so no claim can take it and bind its login from now on.
+                if (info is None or info.state in _ENDED) and standby in ready:
+                    ready.remove(standby)
+                    dead.append((standby, info))
+        if dead:
+            self._wake.set()  # the refill starts the replacements
+        for standby, info in dead:
+            reason = death_reason(info)
+            log.warning("standby died in the pool; replacing it", slot=standby.slot, reason=reason)
+            self._metrics.standby_replaced(found="sweep")
+            await self._revoke(standby.slot)
+            try:
+                await self._runtime.remove(standby.container.id)
+            except CodeyardError as exc:  # an exited orphan: the reconciler removes it
+                log.warning("dead standby not removed", slot=standby.slot, error=str(exc))
+            self._mine.discard(standby.container.id)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Keep the pool full until cancelled; removes its containers on the way out."""

@@ -112,7 +112,10 @@ def build_manager(
         worker_logins=worker_logins,
     )
     metrics.workers_from(watcher.state_counts)
-    pool = WarmPool(config=config, runtime=runtime, images=images, worker_logins=worker_logins)
+    pool = WarmPool(
+        config=config, runtime=runtime, images=images, worker_logins=worker_logins, metrics=metrics
+    )
+    watcher.on_listing = pool.check  # dead standbys: found by the watcher's sweeps
     handler = WorkerManager(
         config=config,
         bus=app.event_bus,

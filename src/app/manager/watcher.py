@@ -13,7 +13,8 @@ One sweep every ``watch_interval_s`` (one container list for all workers, not a 
   stream (reason from the exit code: OOM, 143, 137, other) and marks it FAILED. Its
   container is removed, its slot released;
 - active workers of this owner silent for ``heartbeat_timeout_s`` become UNHEALTHY, and
-  the queue job they hold (``task_id``) is failed so it is retried elsewhere.
+  the queue job they hold (``task_id``) is failed so it is retried elsewhere;
+- the listing goes to ``on_listing`` (the warm pool replaces its dead standbys).
 
 With per-worker Redis logins (``worker_logins``) finishing a worker first revokes its login
 (its slot: see ``launch.login_slot``; sweeps remember it from the listing), so a dead
@@ -23,6 +24,7 @@ worker's login stops working at once, not at the next reconcile pass (the backst
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -33,16 +35,10 @@ from anyio.abc import TaskGroup, TaskStatus
 from codeyard.app.observability.metrics import ManagerMetrics
 from codeyard.domain.container import LABEL_OWNER, LABEL_WORKER, ContainerInfo, ContainerState
 from codeyard.domain.errors import CodeyardError
-from codeyard.domain.events import (
-    AgentEvent,
-    EventSequencer,
-    LifecyclePayload,
-    ResultPayload,
-)
+from codeyard.domain.events import AgentEvent, LifecyclePayload, ResultPayload
 from codeyard.domain.streams import worker_output_stream
-from codeyard.domain.task import JobStatus
 from codeyard.domain.worker import WorkerRecord, WorkerStatus
-from codeyard.domain.worker_io import EVENT_FIELD, TYPE_FIELD
+from codeyard.domain.worker_io import EVENT_FIELD
 from codeyard.ports.clock import Clock
 from codeyard.ports.container_runtime import ContainerRuntime
 from codeyard.ports.event_bus import EventBus
@@ -51,7 +47,8 @@ from codeyard.ports.worker_credentials import WorkerCredentials
 from codeyard.ports.worker_registry import WorkerRegistry
 
 from .config import ManagerConfig
-from .launch import death_reason, death_result, login_slot
+from .deaths import report_death, requeue
+from .launch import death_reason, login_slot
 from .slots import Slots
 
 log = structlog.get_logger(__name__)
@@ -93,6 +90,9 @@ class WorkerWatcher:
         self._watches: dict[str, _Watch] = {}
         #: Workers being deleted: their container's end is expected, not a death.
         self.releasing: set[str] = set()
+        #: Given each sweep's listing (this owner's containers by id): the warm pool
+        #: checks its standbys there (``WarmPool.check``), no listing of its own.
+        self.on_listing: Callable[[Mapping[str, ContainerInfo]], Awaitable[None]] | None = None
         self._tg: TaskGroup | None = None
 
     def watched(self) -> list[str]:
@@ -221,6 +221,8 @@ class WorkerWatcher:
                 watch.slot = info.labels.get(LABEL_WORKER) or watch.slot
             if info is None or info.state in _ENDED:
                 await self.finish(watch.record, info)
+        if self.on_listing is not None:
+            await self.on_listing(containers)
         await self._check_heartbeats()
 
     async def finish(self, record: WorkerRecord, info: ContainerInfo | None) -> None:
@@ -234,7 +236,15 @@ class WorkerWatcher:
             if clean:
                 await self._registry.set_status(worker_id, WorkerStatus.STOPPED)
             else:
-                await self._report_death(record, info, watch.current_run if watch else None)
+                await report_death(
+                    record,
+                    info,
+                    watch.current_run if watch else None,
+                    bus=self._bus,
+                    registry=self._registry,
+                    queue=self._queue,
+                    output_maxlen=self._config.output_maxlen,
+                )
         log.info("worker ended", worker_id=worker_id, reason=death_reason(info), clean=clean)
         if info is not None:
             await self._runtime.remove(info.id)
@@ -253,24 +263,6 @@ class WorkerWatcher:
         except CodeyardError as exc:  # the reconciler retries
             log.warning("dead worker's login not revoked", worker_id=worker_id, error=str(exc))
 
-    async def _report_death(
-        self, record: WorkerRecord, info: ContainerInfo | None, run_id: str | None
-    ) -> None:
-        result = death_result(record.spec.agent, info)
-        sequencer = EventSequencer(
-            provider=record.spec.agent, worker_id=record.worker_id, run_id=run_id
-        )
-        event = sequencer.stamp(ResultPayload(result=result))
-        await self._bus.publish(
-            worker_output_stream(record.worker_id),
-            {EVENT_FIELD: event.model_dump_json(), TYPE_FIELD: event.payload.type},
-            maxlen=self._config.output_maxlen,
-        )
-        await self._registry.set_status(
-            record.worker_id, WorkerStatus.FAILED, error=result.terminal_reason
-        )
-        await self._requeue(record, result.terminal_reason or "container died")
-
     async def _check_heartbeats(self) -> None:
         limit = self._clock.now() - timedelta(seconds=self._config.heartbeat_timeout_s)
         for record in await self._registry.stale(limit):
@@ -284,17 +276,7 @@ class WorkerWatcher:
             )
             if (watch := self._watches.get(record.worker_id)) is not None:
                 watch.record = unhealthy  # codeyard_workers reads the watched records
-            await self._requeue(record, "worker unhealthy: heartbeat timeout")
-
-    async def _requeue(self, record: WorkerRecord, error: str) -> None:
-        """Give the queue job the worker held back to the queue (retry or dead letter)."""
-        if record.task_id is None:
-            return
-        job = await self._queue.get(record.task_id)
-        if job is None or job.status is not JobStatus.RUNNING or job.lease_owner is None:
-            return
-        with contextlib.suppress(CodeyardError):  # the lease moved on meanwhile: fine
-            await self._queue.fail(job.id, job.lease_owner, error=error)
+            await requeue(self._queue, record, "worker unhealthy: heartbeat timeout")
 
 
 def _timestamp(value: object) -> datetime | None:

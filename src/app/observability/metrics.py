@@ -13,7 +13,9 @@ clash. The manager calls the small update methods on the way; scrapes read:
 - ``codeyard_agent_cost_usd_total{provider}``, ``codeyard_agent_results_total{provider,
   status}`` from result events;
 - ``codeyard_commands_total{type,outcome}`` (outcome: ``ok``, ``forwarded`` or the error
-  code).
+  code);
+- ``codeyard_warm_pool_standbys_replaced_total{found}``: warm-pool standbys found dead and
+  replaced, by a watcher sweep (``sweep``) or by the create that claimed one (``claim``).
 
 A manager that restarts follows every output stream from its start again: events stamped
 before this object was made are replays, not counted, so restarts never double the
@@ -124,6 +126,12 @@ class ManagerMetrics:
         self.commands = Counter(
             "codeyard_commands", "Commands handled.", ["type", "outcome"], registry=reg
         )
+        self.standbys_replaced = Counter(
+            "codeyard_warm_pool_standbys_replaced",
+            "Warm-pool standbys found dead and replaced, by a sweep or at a claim.",
+            ["found"],
+            registry=reg,
+        )
         reg.register(_WorkersCollector(self))
 
     # --- workers ---------------------------------------------------------------------------
@@ -169,6 +177,10 @@ class ManagerMetrics:
 
     def command(self, command_type: str, outcome: str) -> None:
         self.commands.labels(type=command_type, outcome=outcome).inc()
+
+    def standby_replaced(self, *, found: str) -> None:
+        """A warm-pool standby was found dead (``sweep`` or ``claim``) and replaced."""
+        self.standbys_replaced.labels(found=found).inc()
 
     def image_request(self, *, hit: bool) -> None:
         self.image_requests.labels(result="hit" if hit else "build").inc()

@@ -1,0 +1,57 @@
+"""What the manager does about a worker that died or went silent: the failed result on its
+output stream, FAILED in the registry, and the queue job it held given back (retry or
+dead letter). Used by the watcher's sweeps and heartbeat checks."""
+
+from __future__ import annotations
+
+import contextlib
+
+from codeyard.domain.container import ContainerInfo
+from codeyard.domain.errors import CodeyardError
+from codeyard.domain.events import EventSequencer, ResultPayload
+from codeyard.domain.streams import worker_output_stream
+from codeyard.domain.task import JobStatus
+from codeyard.domain.worker import WorkerRecord, WorkerStatus
+from codeyard.domain.worker_io import EVENT_FIELD, TYPE_FIELD
+from codeyard.ports.event_bus import EventBus
+from codeyard.ports.work_queue import WorkQueue
+from codeyard.ports.worker_registry import WorkerRegistry
+
+from .launch import death_result
+
+
+async def report_death(
+    record: WorkerRecord,
+    info: ContainerInfo | None,
+    run_id: str | None,
+    *,
+    bus: EventBus,
+    registry: WorkerRegistry,
+    queue: WorkQueue,
+    output_maxlen: int | None,
+) -> None:
+    """A failed result (against ``run_id``, the run in flight) on the worker's output
+    stream, the worker FAILED, its job back to the queue."""
+    result = death_result(record.spec.agent, info)
+    sequencer = EventSequencer(
+        provider=record.spec.agent, worker_id=record.worker_id, run_id=run_id
+    )
+    event = sequencer.stamp(ResultPayload(result=result))
+    await bus.publish(
+        worker_output_stream(record.worker_id),
+        {EVENT_FIELD: event.model_dump_json(), TYPE_FIELD: event.payload.type},
+        maxlen=output_maxlen,
+    )
+    await registry.set_status(record.worker_id, WorkerStatus.FAILED, error=result.terminal_reason)
+    await requeue(queue, record, result.terminal_reason or "container died")
+
+
+async def requeue(queue: WorkQueue, record: WorkerRecord, error: str) -> None:
+    """Give the queue job the worker held back to the queue (retry or dead letter)."""
+    if record.task_id is None:
+        return
+    job = await queue.get(record.task_id)
+    if job is None or job.status is not JobStatus.RUNNING or job.lease_owner is None:
+        return
+    with contextlib.suppress(CodeyardError):  # the lease moved on meanwhile: fine
+        await queue.fail(job.id, job.lease_owner, error=error)
