@@ -24,6 +24,12 @@ Guarantees:
   when the task was cancelled is not sent again: like a cancelled ``publish``, it most
   likely reached the bus, and sending it again would duplicate it.
 
+* **No duplicates.** By default every ``publish_many`` is ``idempotent`` (EventBus port): a
+  bus client that sends a batch again after losing its reply (redis-py's ``Retry``) does
+  not append it twice, so a run's ``result`` is on the stream once. This needs what the
+  worker's events guarantee: no two entries of the stream are equal (each event JSON
+  carries its unique id). Pass ``idempotent=False`` for entries that may repeat.
+
 Single use: :meth:`run` runs once. Single event loop, like any anyio object.
 """
 
@@ -58,6 +64,7 @@ class BatchingPublisher:
         max_batch: int = DEFAULT_MAX_BATCH,
         buffer: int = DEFAULT_BUFFER,
         maxlen: int | None = None,
+        idempotent: bool = True,
     ) -> None:
         if max_batch < 1 or buffer < 1:
             msg = "max_batch and buffer must be at least 1"
@@ -66,6 +73,7 @@ class BatchingPublisher:
         self._stream = stream
         self._max_batch = max_batch
         self._maxlen = maxlen
+        self._idempotent = idempotent
         self._buffer = buffer
         #: The buffer; made by ``run`` and closed when it ends (unclosed ones warn).
         self._tx: MemoryObjectSendStream[Entry] | None = None
@@ -101,7 +109,7 @@ class BatchingPublisher:
                     except anyio.WouldBlock:
                         break
                 try:
-                    await self._bus.publish_many(self._stream, batch, maxlen=self._maxlen)
+                    await self._publish(batch)
                 except anyio.get_cancelled_exc_class():
                     raise
                 except BaseException as exc:
@@ -181,7 +189,11 @@ class BatchingPublisher:
             self._leftover.clear()
             try:
                 for start in range(0, len(batch), self._max_batch):
-                    chunk = batch[start : start + self._max_batch]
-                    await self._bus.publish_many(self._stream, chunk, maxlen=self._maxlen)
+                    await self._publish(batch[start : start + self._max_batch])
             finally:
                 self._settled += len(batch)
+
+    async def _publish(self, batch: Sequence[Entry]) -> None:
+        await self._bus.publish_many(
+            self._stream, batch, maxlen=self._maxlen, idempotent=self._idempotent
+        )

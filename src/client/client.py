@@ -21,7 +21,7 @@ from pydantic import JsonValue, TypeAdapter
 
 from codeyard.adapters.redis.event_bus import RedisEventBus
 from codeyard.client.calls import CLEANUP_S, CommandCaller, new_request_id
-from codeyard.client.events import WorkerEvent, matches_run, parse_output_entry
+from codeyard.client.events import WorkerEvent, follow_output, matches_run
 from codeyard.client.runs import RunReport, collect_run
 from codeyard.domain.agent import AgentResult
 from codeyard.domain.base import Name
@@ -198,21 +198,12 @@ class CodeyardClient:
     ) -> AsyncGenerator[WorkerEvent, None]:
         """The worker's output events after entry ``after``, endlessly (stop by leaving the
         loop). Resume from any event's ``entry_id``. Malformed entries are skipped with a
-        warning; bus errors (``ServiceUnavailable``) propagate."""
-        stream, cursor = worker_output_stream(_worker(worker_id)), after
-        while True:
-            for entry in await self._bus.read(stream, after=cursor, block_s=block_s):
-                cursor = entry.id
-                try:
-                    event = parse_output_entry(entry)
-                except CodeyardError as exc:
-                    log.warning(
-                        "skipping a malformed output entry",
-                        stream=stream,
-                        entry_id=entry.id,
-                        error=str(exc),
-                    )
-                    continue
+        warning, repeated events (an id already yielded) silently (see
+        :class:`~codeyard.client.events.SeenEvents`); bus errors (``ServiceUnavailable``)
+        propagate."""
+        stream = worker_output_stream(_worker(worker_id))
+        async with aclosing(follow_output(self._bus, stream, after, block_s)) as events:
+            async for event in events:
                 yield event
 
     async def wait_result(

@@ -2,21 +2,63 @@
 
 An output entry (see :mod:`codeyard.domain.worker_io`) that cannot be parsed is skipped
 with a warning by the caller: one garbage entry must never end an event iterator.
+
+Repeated events are dropped (:class:`SeenEvents`): an event whose id the reader already
+yielded is the same event appended twice. The worker's publishes are idempotent (the
+EventBus' ``idempotent`` batches), so this is defence in depth against any other source
+(a batch repeated after an entry of another publisher, a final event published again),
+and every follower of a worker's output (``events``, hence ``wait_result``, ``wait_run``
+and the task runner, the CLI and the API) sees each event once. Memory is bounded: a
+reader remembers the ids of the last :data:`SEEN_EVENTS` events it yielded, so a repeat
+further back, or of an event before where it started reading, is yielded again.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+
+import structlog
 
 from codeyard.domain.agent import AgentResult
 from codeyard.domain.errors import CodeyardError, InvalidRequest
 from codeyard.domain.events import AgentEvent, ResultPayload
 from codeyard.domain.streams import StreamMessage
 from codeyard.domain.worker_io import EVENT_FIELD
+from codeyard.ports.event_bus import EventBus
+
+log = structlog.get_logger(__name__)
 
 #: Prefix of the ``terminal_reason`` of the failed result the manager publishes (with
 #: ``run_id=None``) when a worker's container dies.
 CONTAINER_DIED_PREFIX = "container_"
+
+
+#: Event ids a reader remembers to drop repeats (~100 B each: ~1 MB per follower at most).
+SEEN_EVENTS = 10_000
+
+
+class SeenEvents:
+    """The ids of the last ``limit`` events a reader yielded (module doc)."""
+
+    def __init__(self, limit: int = SEEN_EVENTS) -> None:
+        if limit < 1:
+            msg = "limit must be at least 1"
+            raise ValueError(msg)
+        self._limit = limit
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+
+    def first_time(self, event_id: str) -> bool:
+        """Whether ``event_id`` is new (then it is remembered, forgetting the oldest)."""
+        if event_id in self._ids:
+            return False
+        if len(self._order) == self._limit:
+            self._ids.discard(self._order.popleft())
+        self._order.append(event_id)
+        self._ids.add(event_id)
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,3 +110,26 @@ def matches_run(event: WorkerEvent, request_id: str | None) -> AgentResult | Non
     if run_id is None and reason.startswith(CONTAINER_DIED_PREFIX):
         return result
     return None
+
+
+async def follow_output(
+    bus: EventBus, stream: str, after: str, block_s: float
+) -> AsyncGenerator[WorkerEvent, None]:
+    """The events of the output ``stream`` after entry ``after``, endlessly: malformed
+    entries skipped with a warning, repeated events silently (module doc)."""
+    cursor, seen = after, SeenEvents()
+    while True:
+        for entry in await bus.read(stream, after=cursor, block_s=block_s):
+            cursor = entry.id
+            try:
+                event = parse_output_entry(entry)
+            except CodeyardError as exc:
+                log.warning(
+                    "skipping a malformed output entry",
+                    stream=stream,
+                    entry_id=entry.id,
+                    error=str(exc),
+                )
+                continue
+            if seen.first_time(event.event.id):
+                yield event

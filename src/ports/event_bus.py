@@ -20,6 +20,13 @@ class EventBus(Protocol):
       other publisher's entry lands between them (all or none are appended, barring a
       transport failure after the append); the ids it returns strictly increase, like those
       of as many ``publish`` calls. Empty ``entries`` return ``[]`` without a round trip.
+    - ``idempotent=True`` (``publish`` and ``publish_many``): the caller promises that no
+      two entries it publishes on ``stream`` have equal fields (say, each carries a unique
+      event id). A call whose last entry equals the stream's newest entry appends nothing
+      and returns the ids of the stream's newest ``len(entries)`` entries: a transport
+      that sends the call again after its reply was lost (redis-py's ``Retry``) does not
+      append it twice. Only the newest entry is compared: an entry another publisher
+      appended in between makes the repeat append again (readers drop repeated events).
     - ``read`` returns entries with id > ``after`` in order, at most ``count``, waiting up
       to ``block_s`` for the first one when none is there (``None`` or ``<= 0``: do not
       wait — unlike Redis' ``BLOCK 0``, which waits forever).
@@ -49,13 +56,23 @@ class EventBus(Protocol):
     """
 
     async def publish(
-        self, stream: str, fields: Mapping[str, str], *, maxlen: int | None = None
+        self,
+        stream: str,
+        fields: Mapping[str, str],
+        *,
+        maxlen: int | None = None,
+        idempotent: bool = False,
     ) -> str:
         """Append an entry; returns its id."""
         ...
 
     async def publish_many(
-        self, stream: str, entries: Sequence[Mapping[str, str]], *, maxlen: int | None = None
+        self,
+        stream: str,
+        entries: Sequence[Mapping[str, str]],
+        *,
+        maxlen: int | None = None,
+        idempotent: bool = False,
     ) -> list[str]:
         """Append ``entries`` in order in one step (see the contract); returns their ids.
         Any empty ``fields`` among them raises ``InvalidInput`` before anything is sent."""

@@ -71,7 +71,12 @@ async def test_a_worker_login_runs_its_own_traffic_and_nothing_else(acl: Acl) ->
         assert await bus.delete_entries("worker:w1:input", [got[0].id]) == 1  # handled
         await bus.publish("worker:w1:output", {"event": "ready"})
         await bus.publish_many("worker:w1:output", [{"event": "a"}, {"event": "b"}], maxlen=100)
-        assert await acl.admin.xlen("worker:w1:output") == 3
+        # The worker's own publishes are idempotent (XREVRANGE in the script): a repeat of
+        # the last batch appends nothing.
+        batch = [{"event": "c"}, {"event": "d"}]
+        first = await bus.publish_many("worker:w1:output", batch, idempotent=True)
+        assert await bus.publish_many("worker:w1:output", batch, idempotent=True) == first
+        assert await acl.admin.xlen("worker:w1:output") == 5
 
         # Everything else: NOPERM, through the bus and as raw commands.
         for stream in (COMMANDS_STREAM, "worker:w2:input", "worker:w2:output"):
@@ -81,6 +86,8 @@ async def test_a_worker_login_runs_its_own_traffic_and_nothing_else(acl: Acl) ->
                 await bus.publish(stream, {"x": "1"})
         with pytest.raises(CodeyardError, match="no permissions"):
             await bus.publish_many("worker:w2:output", [{"event": "forged"}])
+        with pytest.raises(CodeyardError, match="no permissions"):
+            await bus.publish_many("worker:w2:output", [{"event": "forged"}], idempotent=True)
         with pytest.raises(CodeyardError, match="no permissions"):
             await bus.read("worker:standby:pool-2")
         # XDEL is a worker command, but not on another worker's input: its prompts stay.
@@ -102,6 +109,7 @@ async def test_a_worker_login_runs_its_own_traffic_and_nothing_else(acl: Acl) ->
             ("CLIENT", "LIST"),
             ("XLEN", "worker:standby:pool-2"),
             ("XRANGE", "worker:w1:input", "-", "+"),  # not a worker command, even on own keys
+            ("XREVRANGE", "worker:w2:output", "+", "-", "COUNT", "1"),  # own keys only
             ("XDEL", "worker:w2:input", others.id),
             ("XDEL", COMMANDS_STREAM, "0-1"),
         ]

@@ -32,6 +32,7 @@ class WireBus(InMemoryEventBus):
         self._gate: anyio.Event | None = None
         self._release: Callable[[], None] = lambda: None
         self.fail = False
+        self.idempotent = False  # of the last batch
 
     def hold(self) -> None:
         self._gate, self.holding = anyio.Event(), anyio.Event()
@@ -41,11 +42,17 @@ class WireBus(InMemoryEventBus):
         self._release()
 
     async def publish_many(
-        self, stream: str, entries: Sequence[Mapping[str, str]], *, maxlen: int | None = None
+        self,
+        stream: str,
+        entries: Sequence[Mapping[str, str]],
+        *,
+        maxlen: int | None = None,
+        idempotent: bool = False,
     ) -> list[str]:
         if self.fail:
             raise ServiceUnavailable("bus down", service="redis")
-        ids = await super().publish_many(stream, entries, maxlen=maxlen)
+        self.idempotent = idempotent
+        ids = await super().publish_many(stream, entries, maxlen=maxlen, idempotent=idempotent)
         if entries:
             self.batches.append(len(entries))
         gate, self._gate = self._gate, None  # holds one batch only

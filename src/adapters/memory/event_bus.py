@@ -6,6 +6,8 @@ the contract suite runs unchanged against both adapters:
 - ids are ``<ms>-<seq>`` from the injected clock, strictly increasing per stream (the
   sequence grows when the clock does not move, as in Redis);
 - ``maxlen`` trims exactly to ``maxlen`` (Redis' ``MAXLEN ~`` keeps at least as many);
+- an ``idempotent`` call is a repeat when the stream's newest entry has the fields of its
+  last entry, compared in order (as the Redis script compares the field lists);
 - a consumer group keeps a last-delivered id and a pending entries list (PEL) in id order,
   each entry with its owner, delivery count and last delivery time; trimmed or deleted
   entries (``delete_entries``, like ``XDEL``) stay in the PEL until ``claim_stale``
@@ -58,12 +60,23 @@ class InMemoryEventBus:
     # --- plain streams ---------------------------------------------------------------------
 
     async def publish(
-        self, stream: str, fields: Mapping[str, str], *, maxlen: int | None = None
+        self,
+        stream: str,
+        fields: Mapping[str, str],
+        *,
+        maxlen: int | None = None,
+        idempotent: bool = False,
     ) -> str:
-        return (await self.publish_many(stream, [fields], maxlen=maxlen))[0]
+        ids = await self.publish_many(stream, [fields], maxlen=maxlen, idempotent=idempotent)
+        return ids[-1]
 
     async def publish_many(
-        self, stream: str, entries: Sequence[Mapping[str, str]], *, maxlen: int | None = None
+        self,
+        stream: str,
+        entries: Sequence[Mapping[str, str]],
+        *,
+        maxlen: int | None = None,
+        idempotent: bool = False,
     ) -> list[str]:
         if any(not fields for fields in entries):
             raise InvalidInput("a stream entry needs at least one field", stream=stream)
@@ -74,6 +87,9 @@ class InMemoryEventBus:
             return []
         # No await from here on: the entries go in together (Redis: one atomic script).
         state = self._streams.setdefault(stream, Stream())
+        newest = list(state.entries[-1][1].items()) if state.entries else None
+        if idempotent and newest == list(entries[-1].items()):  # in order, as Redis compares
+            return [fmt_id(k) for k, _ in state.entries[-len(entries) :]]  # a repeated call
         ms = int(self._clock.now().timestamp() * 1000)
         ids: list[str] = []
         for fields in entries:

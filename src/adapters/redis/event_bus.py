@@ -21,16 +21,23 @@ Design notes:
   same Lua script (so atomically), ``XPENDING key group id id 1`` per claimed entry, and
   reports that count (already including the delivery the claim made).
 - ``block_s`` <= 0 means "do not wait" (Redis' ``BLOCK 0`` would wait forever).
-- Errors are translated at this edge: connection and timeout errors become
-  ``ServiceUnavailable(service="redis")``, ``NOGROUP`` becomes ``NotFound``, a wrong key
-  type ``Conflict``, a bad id or argument ``InvalidInput``.
+- Lost replies: a client with a redis-py ``Retry`` (``Redis(...)``'s default; not
+  ``Redis.from_url``'s in redis-py 8.1, which retries nothing) sends a command again
+  after a connection error, also when Redis had applied it and only the reply was lost
+  (tests/integration/test_event_bus_lost_reply.py). ``idempotent`` publishes are safe to
+  repeat: the ``publish_many`` script compares the stream's newest entry with the batch's
+  last one and appends nothing when they are equal (:mod:`.stream_scripts`). It reads
+  with ``XREVRANGE``, which a worker's ACL allows for that reason (Redis 7.0 has no
+  other command that reads a stream's newest entry). Plain publishes are not repeat-safe.
+- Errors are translated at this edge (:mod:`.stream_replies`): connection and timeout
+  errors become ``ServiceUnavailable(service="redis")``, ``NOGROUP`` becomes ``NotFound``,
+  a wrong key type ``Conflict``, a bad id or argument ``InvalidInput``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import anyio
@@ -38,76 +45,10 @@ import anyio.lowlevel
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
+from codeyard.adapters.redis.stream_replies import parse_entries, positive, read_reply, translated
 from codeyard.adapters.redis.stream_scripts import CLAIM_SCRIPT, PUBLISH_MANY_SCRIPT, TRIM_SCRIPT
-from codeyard.domain.errors import (
-    CodeyardError,
-    Conflict,
-    InvalidInput,
-    NotFound,
-    ServiceUnavailable,
-)
+from codeyard.domain.errors import InvalidInput
 from codeyard.domain.streams import PendingPage, StreamMessage
-
-# redis-py strips the "ERR " prefix: argument errors are recognised by their wording.
-_BAD_ARGUMENT_HINTS = ("invalid", "syntax error", "not an integer", "out of range", "must be")
-
-
-@contextmanager
-def _translated(op: str, stream: str) -> Iterator[None]:
-    """Turn driver errors into codeyard errors; the driver's stays as ``__cause__``."""
-    try:
-        yield
-    except (rexc.ConnectionError, rexc.TimeoutError, TimeoutError) as exc:
-        raise ServiceUnavailable(
-            f"redis unreachable during {op}", service="redis", op=op, stream=stream
-        ) from exc
-    except rexc.ResponseError as exc:
-        text = str(exc)
-        kind = text.split(" ", 1)[0]
-        fields = {"op": op, "stream": stream, "reply": text}
-        if kind == "NOGROUP":
-            raise NotFound("no such stream or consumer group", **fields) from exc
-        if kind == "WRONGTYPE":
-            raise Conflict("key holds a value that is not a stream", **fields) from exc
-        if isinstance(exc, rexc.ReadOnlyError | rexc.OutOfMemoryError) or kind == "BUSY":
-            raise ServiceUnavailable("redis refused the write", service="redis", **fields) from exc
-        if any(hint in text.lower() for hint in _BAD_ARGUMENT_HINTS):
-            raise InvalidInput("redis rejected the arguments", **fields) from exc
-        raise CodeyardError("redis replied with an error", **fields) from exc
-    except rexc.DataError as exc:
-        raise InvalidInput(str(exc), op=op, stream=stream) from exc
-    except rexc.RedisError as exc:
-        raise CodeyardError(f"redis error during {op}", op=op, stream=stream) from exc
-
-
-def _positive(value: int, what: str) -> int:
-    if value < 1:
-        raise InvalidInput(f"{what} must be at least 1", value=value)
-    return value
-
-
-def _entries(stream: str, raw: Any, deliveries: int) -> list[StreamMessage]:
-    """``[[id, [k, v, ...]], ...]`` (raw RESP) -> messages; nil entries are skipped."""
-    out: list[StreamMessage] = []
-    for item in raw or ():
-        if not item or item[1] is None:
-            continue
-        flat = list(item[1])
-        fields = {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
-        out.append(
-            StreamMessage(stream=stream, id=str(item[0]), fields=fields, deliveries=deliveries)
-        )
-    return out
-
-
-def _read_reply(stream: str, reply: Any, deliveries: int) -> list[StreamMessage]:
-    """Raw XREAD/XREADGROUP reply: nil, RESP2 ``[[key, entries]]`` or RESP3 ``{key: entries}``."""
-    if not reply:
-        return []
-    pairs = reply.items() if isinstance(reply, dict) else reply
-    return [
-        m for key, raw in pairs if str(key) == stream for m in _entries(stream, raw, deliveries)
-    ]
 
 
 class RedisEventBus:
@@ -135,19 +76,33 @@ class RedisEventBus:
     # --- plain streams ---------------------------------------------------------------------
 
     async def publish(
-        self, stream: str, fields: Mapping[str, str], *, maxlen: int | None = None
+        self,
+        stream: str,
+        fields: Mapping[str, str],
+        *,
+        maxlen: int | None = None,
+        idempotent: bool = False,
     ) -> str:
+        """Plain ``XADD``; ``idempotent`` goes through the ``publish_many`` script (see it)."""
+        if idempotent:
+            ids = await self.publish_many(stream, [fields], maxlen=maxlen, idempotent=True)
+            return ids[-1]
         if not fields:
             raise InvalidInput("a stream entry needs at least one field", stream=stream)
         if maxlen is not None:
-            _positive(maxlen, "maxlen")
+            positive(maxlen, "maxlen")
         payload: dict[Any, Any] = dict(fields)
-        with _translated("publish", stream):
+        with translated("publish", stream):
             entry_id = await self._redis.xadd(stream, payload, maxlen=maxlen, approximate=True)
         return str(entry_id)
 
     async def publish_many(
-        self, stream: str, entries: Sequence[Mapping[str, str]], *, maxlen: int | None = None
+        self,
+        stream: str,
+        entries: Sequence[Mapping[str, str]],
+        *,
+        maxlen: int | None = None,
+        idempotent: bool = False,
     ) -> list[str]:
         """All the ``XADD`` calls in one Lua script call: one round trip, run atomically, in order
         (so ids strictly increase and no other publisher's entry lands between them). Not a
@@ -157,48 +112,54 @@ class RedisEventBus:
         reply per entry (plus one ``QUEUED`` each), about twice the client CPU of one
         script call whose arguments are the entries (measured: ~37 vs ~19 us per 1.7 kB
         entry). The ``#!lua`` shebang makes Redis refuse the whole script up front when it
-        is out of memory or a read-only replica, as ``MULTI`` would."""
+        is out of memory or a read-only replica, as ``MULTI`` would.
+
+        ``idempotent``: the script first compares the stream's newest entry with the batch's
+        last one (``XREVRANGE ... COUNT 1``, in the same atomic step) and appends nothing
+        when they are equal, so a client that sends the call again after a lost reply (a
+        redis-py ``Retry``) does not append the batch twice. All or none of a batch is
+        ever appended, so its last entry being the newest means all of it is there."""
         if any(not fields for fields in entries):
             raise InvalidInput("a stream entry needs at least one field", stream=stream)
         if maxlen is not None:
-            _positive(maxlen, "maxlen")
+            positive(maxlen, "maxlen")
         if not entries:
             await anyio.lowlevel.checkpoint()
             return []
-        args: list[str | int] = ["" if maxlen is None else maxlen]
+        args: list[str | int] = ["" if maxlen is None else maxlen, "1" if idempotent else ""]
         for fields in entries:
             args.append(len(fields))
             for key, value in fields.items():
                 args += (key, value)
-        with _translated("publish_many", stream):
+        with translated("publish_many", stream):
             ids = await self._publish_many(keys=[stream], args=args)
         return [str(entry_id) for entry_id in cast(list[Any], ids)]
 
     async def read(
         self, stream: str, *, after: str = "0-0", count: int = 100, block_s: float | None = None
     ) -> list[StreamMessage]:
-        args: list[str | int] = ["XREAD", "COUNT", _positive(count, "count")]
+        args: list[str | int] = ["XREAD", "COUNT", positive(count, "count")]
         return await self._read("read", stream, args, after, block_s, deliveries=0)
 
     async def length(self, stream: str) -> int:
-        with _translated("length", stream):
+        with translated("length", stream):
             return int(await self._redis.xlen(stream))
 
     async def delete_entries(self, stream: str, ids: Sequence[str]) -> int:
         if not ids:
             await anyio.lowlevel.checkpoint()
             return 0
-        with _translated("delete_entries", stream):
+        with translated("delete_entries", stream):
             return int(await self._redis.xdel(stream, *ids))
 
     async def delete_stream(self, stream: str) -> None:
-        with _translated("delete_stream", stream):
+        with translated("delete_stream", stream):
             await self._redis.delete(stream)
 
     # --- consumer groups -------------------------------------------------------------------
 
     async def ensure_group(self, stream: str, group: str, *, start: str = "0-0") -> None:
-        with _translated("ensure_group", stream):
+        with translated("ensure_group", stream):
             try:
                 await self._redis.xgroup_create(stream, group, id=start, mkstream=True)
             except rexc.ResponseError as exc:
@@ -215,13 +176,13 @@ class RedisEventBus:
         block_s: float | None = None,
     ) -> list[StreamMessage]:
         args: list[str | int] = ["XREADGROUP", "GROUP", group, consumer]
-        args += ["COUNT", _positive(count, "count")]
+        args += ["COUNT", positive(count, "count")]
         return await self._read("read_group", stream, args, ">", block_s, deliveries=1)
 
     async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:
         if not ids:
             return 0
-        with _translated("ack", stream):
+        with translated("ack", stream):
             return int(await self._redis.xack(stream, group, *ids))
 
     async def claim_stale(
@@ -234,16 +195,16 @@ class RedisEventBus:
         cursor: str = "0-0",
         count: int = 100,
     ) -> PendingPage:
-        _positive(count, "count")
+        positive(count, "count")
         if min_idle_s < 0:
             raise InvalidInput("min_idle_s must not be negative", value=min_idle_s)
         min_idle_ms = round(min_idle_s * 1000)
-        with _translated("claim_stale", stream):
+        with translated("claim_stale", stream):
             reply = await self._claim(
                 keys=[stream], args=[group, consumer, min_idle_ms, cursor, count]
             )
         next_cursor, raw_entries, deleted, counts = cast(list[Any], reply)
-        messages = _entries(stream, raw_entries, deliveries=0)
+        messages = parse_entries(stream, raw_entries, deliveries=0)
         by_id = {str(item[0]): int(n) for item, n in zip(raw_entries, counts, strict=True) if item}
         return PendingPage(
             cursor=str(next_cursor),
@@ -252,7 +213,7 @@ class RedisEventBus:
         )
 
     async def pending_count(self, stream: str, group: str) -> int:
-        with _translated("pending_count", stream):
+        with translated("pending_count", stream):
             summary = await self._redis.xpending(stream, group)
         return int(summary["pending"])
 
@@ -261,7 +222,7 @@ class RedisEventBus:
         entries go: it costs O(removed entries) and may rewrite a partly freed radix-tree
         node, where ``~`` only drops whole nodes; callers bound the cost by trimming often
         (the script also reads XINFO GROUPS and, per group, the XPENDING summary)."""
-        with _translated("trim_acked", stream):
+        with translated("trim_acked", stream):
             removed = await self._trim(keys=[stream], args=[group])
         return int(cast(int, removed))
 
@@ -283,7 +244,7 @@ class RedisEventBus:
             args += ["BLOCK", block_ms]
         args += ["STREAMS", stream, after]
         pool = self._redis.connection_pool
-        with _translated(op, stream):
+        with translated(op, stream):
             conn = await pool.get_connection()  # type: ignore[no-untyped-call]
             try:
                 socket_timeout = conn.socket_timeout
@@ -304,4 +265,4 @@ class RedisEventBus:
             finally:
                 with anyio.CancelScope(shield=True):
                     await pool.release(conn)
-        return _read_reply(stream, reply, deliveries)
+        return read_reply(stream, reply, deliveries)

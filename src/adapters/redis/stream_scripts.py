@@ -15,19 +15,45 @@ end
 return {r[1], r[2], r[3] or {}, counts}
 """
 
-# publish_many: ARGV = maxlen ('' for none), then per entry its field count and fields.
+# publish_many: ARGV = maxlen ('' for none), idempotent ('1' or ''), then per entry its
+# field count and fields. Idempotent: when the stream's newest entry has exactly the fields
+# of the batch's last entry, the batch is already there (the caller's entries are unique,
+# and a batch is appended all at once), so nothing is appended and the ids of the stream's
+# newest entries, as many as the batch has, are returned: the retry of a call whose reply
+# was lost. XREVRANGE, not XREAD '+', which needs Redis 7.4.
 PUBLISH_MANY_SCRIPT = """#!lua
-local ids, i = {}, 2
+local starts, i = {}, 3
 while i <= #ARGV do
-  local count = tonumber(ARGV[i])
+  starts[#starts + 1] = i
+  i = i + 1 + tonumber(ARGV[i]) * 2
+end
+if ARGV[2] == '1' and #starts > 0 then
+  local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+  local at = starts[#starts]
+  local count = tonumber(ARGV[at])
+  local same = newest ~= nil and #newest[2] == count * 2
+  if same then
+    for j = 1, count * 2 do
+      if newest[2][j] ~= ARGV[at + j] then same = false; break end
+    end
+  end
+  if same then
+    local ids = {}
+    local got = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', #starts)
+    for j = #got, 1, -1 do ids[#ids + 1] = got[j][1] end
+    return ids
+  end
+end
+local ids = {}
+for _, at in ipairs(starts) do
+  local count = tonumber(ARGV[at])
   local fields = {}
-  for j = 1, count * 2 do fields[j] = ARGV[i + j] end
+  for j = 1, count * 2 do fields[j] = ARGV[at + j] end
   if ARGV[1] == '' then
     ids[#ids + 1] = redis.call('XADD', KEYS[1], '*', unpack(fields))
   else
     ids[#ids + 1] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
   end
-  i = i + 1 + count * 2
 end
 return ids
 """

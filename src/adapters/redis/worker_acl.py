@@ -25,8 +25,9 @@ Checked against redis-server 7.0 (tests/integration/test_worker_acl.py):
 A user's commands: ``PING``, ``SELECT`` (the URL's database), the stream commands a
 worker runs (``XREAD``, ``XREADGROUP``, ``XACK``, ``XADD``, ``XGROUP CREATE``,
 ``XAUTOCLAIM``, ``XPENDING``, ``XLEN``, ``XDEL``: handled input entries, so prompts do not
-pile up), ``DEL`` (the standby stream, once read), ``EVALSHA`` and ``SCRIPT LOAD``; no
-channels. Keys are exact names, not
+pile up; ``XREVRANGE``: the idempotent publish script reads the output stream's newest
+entry, nothing ``XREAD`` could not read already), ``DEL`` (the standby stream, once read),
+``EVALSHA`` and ``SCRIPT LOAD``; no channels. Keys are exact names, not
 ``worker:{id}:*``: a worker id such as ``commands`` or ``standby`` would otherwise match
 the command streams or every standby stream.
 """
@@ -60,6 +61,7 @@ WORKER_COMMANDS = (
     "+xpending",
     "+xlen",
     "+xdel",
+    "+xrevrange",
     "+del",
     "+evalsha",
     "+script|load",
