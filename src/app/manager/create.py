@@ -5,15 +5,18 @@ after a store outage, runs again; the worker id is the client's or derived from 
 request id, so it is the same): check the spec -> take a slot (waits, QuotaExceeded) ->
 the image (cache) -> register STARTING -> a warm standby container, or create one (label
 worker-id) -> publish the assignment -> start -> record the container -> push the initial
-prompt (once per request id) -> watch. A failure on the way marks the worker FAILED,
-removes what was made and releases the slot; the client gets the typed error. A store
-outage (Postgres or Redis down) is the exception: what was made is kept for the retry
-(:meth:`WorkerCreator._pause`).
+prompt (once per request id) -> watch (``heartbeat_at`` refreshed if the create took
+long). The per-worker lock is held throughout: the watcher's heartbeat check and the
+reconciler leave a worker alone while its create runs, however long. A failure on the
+way marks the worker FAILED, removes what was made and releases the slot; the client gets
+the typed error. A store outage (Postgres or Redis down) is the exception: what was made
+is kept for the retry (:meth:`WorkerCreator._pause`).
 """
 
 from __future__ import annotations
 
 import contextlib
+from datetime import timedelta
 
 import anyio
 import structlog
@@ -24,7 +27,7 @@ from codeyard.app.command_service import Forward
 from codeyard.app.observability.metrics import ManagerMetrics, metered_ensure
 from codeyard.domain.commands import CreateResult, CreateWorker, derived_worker_id
 from codeyard.domain.container import LABEL_OWNER, LABEL_WORKER
-from codeyard.domain.errors import CodeyardError, ServiceUnavailable
+from codeyard.domain.errors import CodeyardError, InvalidTransition, ServiceUnavailable
 from codeyard.domain.streams import owner_commands_stream, standby_stream, worker_input_stream
 from codeyard.domain.worker import WorkerRecord, WorkerStatus
 from codeyard.domain.worker_io import INPUT_FIELD, WorkerAssignment, WorkerInput
@@ -47,6 +50,9 @@ from .worker_logins import WorkerLoginGrants
 log = structlog.get_logger(__name__)
 #: How many standbys one create claims, each found dead, before it starts cold.
 WARM_TRIES = 2
+#: A create taking longer refreshes the worker's heartbeat_at (``_watch``); quicker ones
+#: (a warm claim: tens of ms) skip that write.
+_FRESH = timedelta(seconds=1)
 
 
 def forward_to_owner(record: WorkerRecord, owner: str) -> Forward | None:
@@ -106,7 +112,7 @@ class WorkerCreator:
                         await self._push_prompt(command, worker_id)
                         if worker_id in self._paused:  # its slot was let go: take it back
                             self._slots.adopt(worker_id)
-                        self._watcher.watch(existing)
+                        existing = await self._watch(existing)
                     self._paused.discard(worker_id)
                     return self._created(existing, command).model_dump(mode="json")
             await self._slots.acquire(worker_id, timeout_s=self._config.create_timeout_s)
@@ -122,8 +128,22 @@ class WorkerCreator:
             self._paused.discard(worker_id)
             self._metrics.spawn_started(worker_id, warm=warm, started=started)
             await self._push_prompt(command, worker_id)
-            self._watcher.watch(record)
+            record = await self._watch(record)
             return self._created(record, command, warm=warm).model_dump(mode="json")
+
+    async def _watch(self, record: WorkerRecord) -> WorkerRecord:
+        """Hands the worker to the watcher, still under its lock (while the lock is held
+        the watcher and reconciler leave it alone). From here a started worker is judged
+        by its heartbeats, and until its wrapper's first one ``heartbeat_at`` is the
+        registration time: a create that took long (an image build, a resumed create)
+        refreshes it, so the first sweep does not find a worker just started silent."""
+        now = self._clock.now()
+        if record.status is WorkerStatus.STARTING and now - record.heartbeat_at > _FRESH:
+            # A sweep may have found its container ended meanwhile (FAILED): keep that.
+            with contextlib.suppress(InvalidTransition):
+                record = await self._registry.heartbeat(record.worker_id, at=now)
+        self._watcher.watch(record)
+        return record
 
     def _created(
         self, record: WorkerRecord, command: CreateWorker, *, warm: bool = False

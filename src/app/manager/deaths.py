@@ -1,10 +1,12 @@
 """What the manager does about a worker that died or went silent: the failed result on its
 output stream, FAILED in the registry, and the queue job it held given back (retry or
-dead letter). Used by the watcher's sweeps and heartbeat checks."""
+dead letter). Used by the watcher's sweeps and heartbeat checks; :func:`silent` is what
+those checks call silent."""
 
 from __future__ import annotations
 
 import contextlib
+from datetime import datetime
 
 from codeyard.domain.container import ContainerInfo
 from codeyard.domain.errors import CodeyardError
@@ -55,3 +57,19 @@ async def requeue(queue: WorkQueue, record: WorkerRecord, error: str) -> None:
         return
     with contextlib.suppress(CodeyardError):  # the lease moved on meanwhile: fine
         await queue.fail(job.id, job.lease_owner, error=error)
+
+
+def silent(record: WorkerRecord, *, owner: str, before: datetime) -> bool:
+    """A live worker of ``owner`` that started and has said nothing since ``before`` (not
+    yet UNHEALTHY). A STARTING record without a container has not started: a create not
+    done yet, or cut short (the reconciler's, after ``takeover_s + orphan_grace_s``), and
+    its ``heartbeat_at`` is only its registration time (a create refreshes it when it
+    records the container)."""
+    not_started = record.status is WorkerStatus.STARTING and record.container_id is None
+    return (
+        record.host == owner
+        and record.status.is_active
+        and record.status is not WorkerStatus.UNHEALTHY
+        and not not_started
+        and record.heartbeat_at < before
+    )

@@ -50,7 +50,6 @@ from .create import WorkerCreator, forward_to_owner
 from .pool import WarmPool
 from .slots import Slots
 from .watcher import WorkerWatcher
-from .worker_locks import WorkerLocks
 from .worker_logins import WorkerLoginGrants
 
 log = structlog.get_logger(__name__)
@@ -79,7 +78,8 @@ class WorkerManager:
         self._runtime = runtime
         self._slots = slots
         self._watcher = watcher
-        self._locks = WorkerLocks()
+        # Shared: the watcher and reconciler leave a worker alone while a command runs on it.
+        self._locks = watcher.locks
         self._logins = WorkerLoginGrants(worker_logins)
         self._creator = WorkerCreator(
             config=config,

@@ -13,6 +13,11 @@ another manager's workers run on another engine and are never touched.
   ``takeover_s + orphan_grace_s``, then failed: failing it earlier made the re-delivered
   create answer with a failed worker that never ran (found by tests/faults
   test_manager_kill9.py).
+- A worker a command of this process is working on (its lock held: a re-delivered create
+  building a new image for longer than that) is that command's: counted live, its
+  containers referenced, nothing decided (tests/faults test_manager_kill9_tasks.py). The
+  pass judges each worker under its lock (``WorkerLocks.try_hold``), so no command
+  starts on it meanwhile.
 - A container no live worker refers to is an orphan: removed once older than
   ``orphan_grace_s`` (a create may be between ``create`` and recording the id). Standby
   containers of an earlier run of this manager are removed at once (not pool members now).
@@ -46,7 +51,7 @@ from codeyard.domain.container import (
     ContainerInfo,
     ContainerState,
 )
-from codeyard.domain.worker import WorkerStatus
+from codeyard.domain.worker import WorkerRecord, WorkerStatus
 from codeyard.ports.clock import Clock
 from codeyard.ports.container_runtime import ContainerRuntime
 from codeyard.ports.worker_credentials import WorkerCredentials
@@ -109,26 +114,16 @@ class Reconciler:
             if record.host != owner:
                 continue
             live.add(record.worker_id)
-            info = by_id.get(record.container_id) if record.container_id else None
             if record.container_id is None:
-                # A create cut short; its container, if any, carries the worker id label.
+                # A create cut short (or running); its container, if any, carries the
+                # worker id label.
                 made = [c for c in containers if c.labels.get(LABEL_WORKER) == record.worker_id]
                 referenced.update(c.id for c in made)
-                unfinished_grace_s = self._config.takeover_s + self._config.orphan_grace_s
-                if (now - record.created_at).total_seconds() > unfinished_grace_s:
-                    await self._registry.set_status(
-                        record.worker_id, WorkerStatus.FAILED, error="create never finished"
-                    )
-                    report.failed.append(record.worker_id)
-                continue
-            referenced.add(record.container_id)
-            if info is not None and info.state not in _ENDED:
-                self._slots.adopt(record.worker_id)
-                self._watcher.watch(record, slot=info.labels.get(LABEL_WORKER))
-                report.adopted.append(record.worker_id)
-            elif record.worker_id not in self._watcher.releasing:
-                await self._watcher.finish(record, info)
-                report.failed.append(record.worker_id)
+            else:
+                referenced.add(record.container_id)
+            async with self._watcher.locks.try_hold(record.worker_id) as free:
+                if free:  # else a command on it is running: it decides (module docstring)
+                    await self._judge(record, by_id, now, report)
         for info in containers:
             if info.id in referenced or info.id in pooled or self._in_pool(info):
                 continue
@@ -153,6 +148,37 @@ class Reconciler:
                 revoked=report.revoked,
             )
         return report
+
+    async def _judge(
+        self,
+        record: WorkerRecord,
+        by_id: dict[str, ContainerInfo],
+        now: datetime,
+        report: ReconcileReport,
+    ) -> None:
+        """One live worker of this owner, under its lock."""
+        worker_id = record.worker_id
+        if record.container_id is None:
+            unfinished_grace_s = self._config.takeover_s + self._config.orphan_grace_s
+            if (now - record.created_at).total_seconds() <= unfinished_grace_s:
+                return
+            # Read again under the lock: a create may have finished since ``list_active``.
+            current = await self._registry.get(worker_id)
+            if current is None or current.status.is_terminal or current.container_id:
+                return
+            await self._registry.set_status(
+                worker_id, WorkerStatus.FAILED, error="create never finished"
+            )
+            report.failed.append(worker_id)
+            return
+        info = by_id.get(record.container_id)
+        if info is not None and info.state not in _ENDED:
+            self._slots.adopt(worker_id)
+            self._watcher.watch(record, slot=info.labels.get(LABEL_WORKER))
+            report.adopted.append(worker_id)
+        elif worker_id not in self._watcher.releasing:
+            await self._watcher.finish(record, info)
+            report.failed.append(worker_id)
 
     async def _revoke_logins(
         self, logins: tuple[str, ...], live: set[str], report: ReconcileReport

@@ -13,7 +13,9 @@ One sweep every ``watch_interval_s`` (one container list for all workers, not a 
   stream (reason from the exit code: OOM, 143, 137, other) and marks it FAILED. Its
   container is removed, its slot released;
 - active workers of this owner silent for ``heartbeat_timeout_s`` become UNHEALTHY, and
-  the queue job they hold (``task_id``) is failed so it is retried elsewhere;
+  the queue job they hold (``task_id``) is failed so it is retried elsewhere. Not a worker
+  a command is working on (its lock held: a resumed create building an image), nor one
+  not started (``deaths.silent``);
 - the listing goes to ``on_listing`` (the warm pool replaces its dead standbys).
 
 With per-worker Redis logins (``worker_logins``) finishing a worker first revokes its login
@@ -47,9 +49,10 @@ from codeyard.ports.worker_credentials import WorkerCredentials
 from codeyard.ports.worker_registry import WorkerRegistry
 
 from .config import ManagerConfig
-from .deaths import report_death, requeue
+from .deaths import report_death, requeue, silent
 from .launch import death_reason, login_slot
 from .slots import Slots
+from .worker_locks import WorkerLocks
 
 log = structlog.get_logger(__name__)
 _ENDED = (ContainerState.EXITED, ContainerState.DEAD)
@@ -77,8 +80,11 @@ class WorkerWatcher:
         slots: Slots,
         metrics: ManagerMetrics | None = None,
         worker_logins: WorkerCredentials | None = None,
+        locks: WorkerLocks | None = None,
     ) -> None:
         self._config = config
+        #: The handler's per-worker command locks: a worker is judged only under its own.
+        self.locks = locks or WorkerLocks()
         self._logins = worker_logins
         self._metrics = metrics or ManagerMetrics()
         self._bus = bus
@@ -264,19 +270,25 @@ class WorkerWatcher:
             log.warning("dead worker's login not revoked", worker_id=worker_id, error=str(exc))
 
     async def _check_heartbeats(self) -> None:
+        owner = self._config.owner
         limit = self._clock.now() - timedelta(seconds=self._config.heartbeat_timeout_s)
-        for record in await self._registry.stale(limit):
-            if record.host != self._config.owner or record.status is WorkerStatus.UNHEALTHY:
+        for stale in await self._registry.stale(limit):
+            if not silent(stale, owner=owner, before=limit) or stale.worker_id in self.releasing:
                 continue
-            if record.worker_id in self.releasing:
-                continue
-            log.warning("worker unhealthy: no heartbeat", worker_id=record.worker_id)
-            unhealthy = await self._registry.set_status(
-                record.worker_id, WorkerStatus.UNHEALTHY, error="heartbeat timeout"
-            )
-            if (watch := self._watches.get(record.worker_id)) is not None:
-                watch.record = unhealthy  # codeyard_workers reads the watched records
-            await requeue(self._queue, record, "worker unhealthy: heartbeat timeout")
+            async with self.locks.try_hold(stale.worker_id) as free:
+                if not free:
+                    continue  # a command on it is running: it decides (module docstring)
+                # Read again under the lock: a create may have run since ``stale``.
+                record = await self._registry.get(stale.worker_id)
+                if record is None or not silent(record, owner=owner, before=limit):
+                    continue
+                log.warning("worker unhealthy: no heartbeat", worker_id=record.worker_id)
+                unhealthy = await self._registry.set_status(
+                    record.worker_id, WorkerStatus.UNHEALTHY, error="heartbeat timeout"
+                )
+                if (watch := self._watches.get(record.worker_id)) is not None:
+                    watch.record = unhealthy  # codeyard_workers reads the watched records
+                await requeue(self._queue, record, "worker unhealthy: heartbeat timeout")
 
 
 def _timestamp(value: object) -> datetime | None:
