@@ -152,6 +152,12 @@ class Settings(BaseSettings):
     worker_heartbeat_timeout_s: float = Field(
         default=30.0, gt=0, description="A worker silent this long is considered dead."
     )
+    worker_redis_outage_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a worker process waits for an unreachable Redis (retrying "
+        "with back-off, its run going on, events buffered) before it exits with code 3.",
+    )
     image_gc_max_age_days: float = Field(
         default=7.0, gt=0, description="Worker images unused this long are removed."
     )

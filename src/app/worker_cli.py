@@ -7,7 +7,11 @@ what a worker runs. ``codeyard worker ARGS`` forwards its arguments here, so bot
 take the same options and behave the same.
 
 Exit codes: 0 after a stop message, SIGTERM or SIGINT; 2 for a usage error, invalid
-settings or a worker that cannot start (unknown provider, missing API key variable...).
+settings or a worker that cannot start (unknown provider, missing API key variable...);
+3 when Redis stayed unreachable longer than ``worker_redis_outage_s``
+(``CODEYARD_WORKER_REDIS_OUTAGE_S``, :mod:`codeyard.app.worker_outage`), after one
+``worker: giving up, redis unreachable`` error log line. Anything else escaping is a bug
+(exit 1, with its traceback).
 """
 
 from __future__ import annotations
@@ -19,15 +23,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
+import structlog
 
 from codeyard.app.observability.logging import configure_logging
 from codeyard.app.settings import InvalidSettings, Settings
 from codeyard.app.worker_agent import AgentOptions
 from codeyard.app.worker_main import WorkerConfig, run_worker
+from codeyard.app.worker_outage import RedisOutageTooLong
 from codeyard.domain.errors import InvalidInput
 from codeyard.domain.secrets import secret_env
 
 PROG = "codeyard-worker"
+#: Exit code of a worker that gave up waiting for Redis (module doc).
+EXIT_REDIS_OUTAGE = 3
+
+log = structlog.get_logger(__name__)
 
 
 def _positive(text: str) -> float:
@@ -135,6 +145,15 @@ def main(argv: Sequence[str] | None = None, *, prog: str = PROG) -> int:
     except InvalidInput as exc:
         print(f"{prog}: cannot start the worker: {exc}", file=sys.stderr)
         return 2
+    except RedisOutageTooLong as exc:
+        log.error(  # noqa: TRY400 - the cause is a connection error: no traceback wanted
+            "worker: giving up, redis unreachable",
+            outage_s=exc.fields.get("outage_s"),
+            op=exc.fields.get("op"),
+            cause=str(exc.__cause__ or exc),
+            exit_code=EXIT_REDIS_OUTAGE,
+        )
+        return EXIT_REDIS_OUTAGE
     return 0
 
 

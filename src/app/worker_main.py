@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +39,10 @@ from codeyard.app.worker_agent import (
     build_agent,
     takes_options,
 )
+from codeyard.app.worker_outage import OutageBus, OutageGuard
 from codeyard.app.worker_standby import StandbyConfig, run_standby
 from codeyard.app.worker_wrapper import WorkerWrapper
+from codeyard.ports.clock import Clock
 from codeyard.ports.code_agent import CodeAgent
 
 #: How long reaching Redis may take before the worker gives up (the manager then reports
@@ -71,8 +73,9 @@ class WorkerConfig:
 
 
 @asynccontextmanager
-async def open_worker_bus(settings: Settings) -> AsyncIterator[RedisEventBus]:
-    """The worker's event bus on its own Redis client, pinged (``ServiceUnavailable``)."""
+async def open_worker_bus(settings: Settings, guard: OutageGuard) -> AsyncIterator[OutageBus]:
+    """The worker's event bus on its own Redis client, pinged, every call through ``guard``
+    (a Redis outage is waited out up to its bound, then ``RedisOutageTooLong``)."""
     client = aioredis.Redis.from_url(
         settings.secret("redis_url"),
         decode_responses=True,
@@ -80,8 +83,9 @@ async def open_worker_bus(settings: Settings) -> AsyncIterator[RedisEventBus]:
     )
     bus = RedisEventBus(client)
     try:
-        await ping_redis(client, timeout_s=CONNECT_TIMEOUT_S)
-        yield bus
+        # A worker started while Redis restarts waits for it like a running one.
+        await guard.call("ping", lambda: ping_redis(client, timeout_s=CONNECT_TIMEOUT_S))
+        yield OutageBus(bus, guard)
     finally:
         with anyio.move_on_after(settings.shutdown_timeout_s, shield=True):
             await bus.aclose()
@@ -107,39 +111,58 @@ async def run_worker(settings: Settings, config: WorkerConfig) -> None:
     # and a standby worker is warm (adapter imported) before it waits.
     agent = build(None)
     clock = SystemClock()
-    async with open_worker_bus(settings) as bus, anyio.create_task_group() as tg:
+    guard = OutageGuard(settings.worker_redis_outage_s)
+    try:
+        async with anyio.create_task_group() as tg:
 
-        async def stop_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for _ in signals:
-                    tg.cancel_scope.cancel()
-                    return
+            async def stop_on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        tg.cancel_scope.cancel()
+                        return
 
-        tg.start_soon(stop_on_signal)
-        if config.standby_slot is not None:
-            standby = StandbyConfig(
-                slot=config.standby_slot,
-                provider=config.provider,
-                workdir=config.workdir,
-                home=config.home,
-                heartbeat_s=config.heartbeat_s,
-                agent_executable=agent_executable(config.provider, config.agent),
-                native_allowlist=config.provider in NATIVE_ALLOWLIST,
-                secret_env=config.secret_env,
-            )
-            await run_standby(bus, clock, standby, agent, build)
-        else:
-            assert config.worker_id is not None  # __post_init__
-            wrapper = WorkerWrapper(
-                config.worker_id,
-                bus,
-                agent,
-                workdir=config.workdir,
-                instructions=config.instructions,
-                provider=config.provider,
-                clock=clock,
-                heartbeat_s=config.heartbeat_s,
-                secret_env=config.secret_env,
-            )
-            await wrapper.run()
-        tg.cancel_scope.cancel()
+            # Before connecting: a worker waiting for Redis still stops on a signal.
+            tg.start_soon(stop_on_signal)
+            async with open_worker_bus(settings, guard) as bus:
+                await _serve(bus, clock, config, agent, build)
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The serving task's error (RedisOutageTooLong...), not anyio's wrapper: the signal
+        # task never fails.
+        raise group.exceptions[0] from None
+
+
+async def _serve(
+    bus: OutageBus,
+    clock: Clock,
+    config: WorkerConfig,
+    agent: CodeAgent,
+    build: Callable[[str | None], CodeAgent],
+) -> None:
+    if config.standby_slot is not None:
+        standby = StandbyConfig(
+            slot=config.standby_slot,
+            provider=config.provider,
+            workdir=config.workdir,
+            home=config.home,
+            heartbeat_s=config.heartbeat_s,
+            agent_executable=agent_executable(config.provider, config.agent),
+            native_allowlist=config.provider in NATIVE_ALLOWLIST,
+            secret_env=config.secret_env,
+        )
+        await run_standby(bus, clock, standby, agent, build, bus_back=bus.guard.wait_recovered)
+    else:
+        assert config.worker_id is not None  # __post_init__
+        wrapper = WorkerWrapper(
+            config.worker_id,
+            bus,
+            agent,
+            workdir=config.workdir,
+            instructions=config.instructions,
+            provider=config.provider,
+            clock=clock,
+            heartbeat_s=config.heartbeat_s,
+            secret_env=config.secret_env,
+            bus_back=bus.guard.wait_recovered,
+        )
+        await wrapper.run()

@@ -25,7 +25,7 @@ it to a container that has waited for a while. Decisions:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,11 +111,18 @@ async def receive_assignment(bus: EventBus, slot: str, *, poll_s: float = 1.0) -
 
 
 async def run_standby(
-    bus: EventBus, clock: Clock, config: StandbyConfig, agent: CodeAgent, build: AgentBuilder
+    bus: EventBus,
+    clock: Clock,
+    config: StandbyConfig,
+    agent: CodeAgent,
+    build: AgentBuilder,
+    *,
+    bus_back: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Wait for the assignment, then serve as its worker (module doc).
 
     ``agent`` is the warm agent, already built; ``build`` replaces it for a command shim.
+    ``bus_back``: see :class:`~codeyard.app.worker_wrapper.WorkerWrapper`.
     """
     await bus.length(standby_stream(config.slot))  # reach the bus before the wait
     log.info("standby: waiting", slot=config.slot, provider=config.provider)
@@ -154,5 +161,6 @@ async def run_standby(
         pinned_env=pinned,
         allowed_commands=allowed,
         secret_env=config.secret_env,
+        bus_back=bus_back,
     )
     await wrapper.run()

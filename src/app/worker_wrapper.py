@@ -19,7 +19,9 @@ from ``worker:{id}:output``; the manager is not in the path. The parts:
   ``cancelled``, or ``failed`` when an error escapes, e.g. the bus is gone: best effort).
   Heartbeats are events on the output stream only (no Redis key): the EventBus port has
   no key operations, and the manager can read the stream's last entry. A publish failure
-  ends the publisher task and with it :meth:`WorkerWrapper.run`.
+  ends the publisher task and with it :meth:`WorkerWrapper.run`; the worker process waits
+  out a Redis outage first (:mod:`.worker_outage`), and ``bus_back`` sends a heartbeat as
+  soon as Redis is back.
 * **Git** (a prompt's ``git``): clone/branch before, commit/push after (:mod:`.worker_git`).
 * **Multi-turn**: every turn resumes the session id of the last result that reported one.
 * **Cancellation** (SIGTERM, the manager stopping the worker) mid-turn publishes the
@@ -33,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import anyio
@@ -94,6 +96,7 @@ class WorkerWrapper:
         pinned_env: Mapping[str, str] | None = None,
         allowed_commands: tuple[str, ...] = (),
         secret_env: Mapping[str, str] | None = None,
+        bus_back: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         if heartbeat_s <= 0 or poll_s <= 0:
             msg = "heartbeat_s and poll_s must be > 0"
@@ -104,6 +107,8 @@ class WorkerWrapper:
         self._instructions = instructions
         self._provider = provider
         self._heartbeat_s = heartbeat_s
+        #: Returns when the bus answers again after an outage (``OutageGuard``).
+        self._bus_back = bus_back or anyio.sleep_forever
         self._consumer = consumer or default_consumer()
         secrets = dict(secret_env or {})
         self._requests = RequestMaker(
@@ -263,7 +268,10 @@ class WorkerWrapper:
 
     async def _heartbeat(self) -> None:
         while True:
-            await anyio.sleep(self._heartbeat_s)
+            # Also at once when Redis is back from an outage: the manager may be counting
+            # down to "unhealthy" (worker_outage module doc).
+            with anyio.move_on_after(self._heartbeat_s):
+                await self._bus_back()
             busy = self._current is not None
             await self._out.lifecycle("heartbeat", turns=self.turns, busy=busy)
 
