@@ -21,13 +21,21 @@ class WorkerCredentials(Protocol):
       ``ACL`` or pub/sub.
     - ``bind(slot, worker_id)`` adds ``worker:{worker_id}:input`` and ``:output``;
       idempotent; takes effect on connections already logged in (a warm standby is
-      connected before it is claimed). Unknown slot: ``NotFound``.
+      connected before it is claimed). Unknown slot: ``NotFound``; a live slot whose
+      login the service lost is made again first (as ``restore`` would).
     - ``revoke(slot)`` deletes the login and ends its open connections; idempotent.
       ``issue``, ``bind`` and ``revoke`` of one slot on one instance are ordered: however
       they overlap, each acts as if alone, so a ``bind`` racing a ``revoke`` either binds
       before it or raises ``NotFound``; it never makes the login again.
     - ``keys(slot)``: the keys (or key patterns) the login may touch, sorted; ``NotFound``
       for an unknown slot. ``slots()``: this owner's slots with a login, sorted.
+    - ``restore()`` makes again, as they were (same password, same keys), the logins of
+      this instance's live slots (issued, not revoked since) that the service lost (a Redis
+      restart drops ``ACL SETUSER`` users), and returns those slots, sorted; a login still
+      there is left alone, a revoked slot never comes back. Idempotent; ordered with
+      ``issue``/``bind``/``revoke`` of each slot like they are with each other. Only what
+      this instance issued: a new instance (a restarted manager) restores nothing. The
+      instance keeps each password as its SHA-256, never in plain text.
     - ``check()`` raises ``WorkerAclUnavailable`` when logins cannot be managed at all
       (the service refuses ``ACL``), so a manager fails at start, not on the first create.
     - Service unreachable: ``ServiceUnavailable``.
@@ -47,6 +55,10 @@ class WorkerCredentials(Protocol):
 
     async def revoke(self, slot: str) -> None:
         """Delete ``slot``'s login (no error when there is none)."""
+        ...
+
+    async def restore(self) -> tuple[str, ...]:
+        """Make again the lost logins of this instance's live slots; the slots restored."""
         ...
 
     async def keys(self, slot: str) -> tuple[str, ...]:

@@ -1,19 +1,23 @@
 """The WorkerCredentials contract (codeyard.ports.worker_credentials): in memory and as
 Redis ACL users on a real redis-server. What a login can really do against Redis (NOPERM
-outside its keys) is tests/integration/test_worker_acl.py."""
+outside its keys) is tests/integration/test_worker_acl.py; a real redis-server restart
+under a running worker is tests/faults/test_worker_login_restore.py."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 
 import anyio
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions as rexc
 
 from codeyard.adapters.memory.worker_credentials import InMemoryWorkerCredentials
 from codeyard.adapters.redis.worker_acl import RedisAclWorkerCredentials
 from codeyard.domain.errors import NotFound
+from codeyard.domain.worker_access import WorkerLogin
 from codeyard.ports.worker_credentials import WorkerCredentials
 
 pytestmark = pytest.mark.anyio
@@ -21,13 +25,36 @@ pytestmark = pytest.mark.anyio
 Factory = Callable[[str], WorkerCredentials]
 
 
+@dataclass
+class Service:
+    """The store behind the credentials: ``make`` an owner's instance, ``lose`` every
+    login of this test's owners as a restart would (the instances remember theirs), ask
+    whether a password ``authenticates``."""
+
+    make: Factory
+    lose: Callable[[], Awaitable[None]]
+    authenticates: Callable[[WorkerLogin], Awaitable[bool]]
+
+
 @pytest.fixture(params=["memory", "redis"])
-async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
-    """Credentials per owner, all on one store; owners are unique per test (ACL users are
-    server-wide, so a test's users never meet another test's)."""
+async def service(request: pytest.FixtureRequest) -> AsyncIterator[Service]:
+    """Owners are unique per test (ACL users are server-wide, so a test's users never meet
+    another test's)."""
     if request.param == "memory":
         logins: dict[tuple[str, str], tuple[str, set[str]]] = {}
-        yield lambda owner: InMemoryWorkerCredentials(owner, logins=logins)
+        store = InMemoryWorkerCredentials("store", logins=logins)
+
+        async def lose_memory() -> None:
+            store.lose_all()
+
+        async def authenticates_memory(login: WorkerLogin) -> bool:
+            return store.authenticates(login.username, login.password.get_secret_value())
+
+        yield Service(
+            lambda owner: InMemoryWorkerCredentials(owner, logins=logins),
+            lose_memory,
+            authenticates_memory,
+        )
         return
     url: str = request.getfixturevalue("redis_url")
     client = aioredis.Redis.from_url(url, decode_responses=True)
@@ -37,13 +64,34 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
         made.append(RedisAclWorkerCredentials(client, owner=owner))
         return made[-1]
 
+    async def lose_redis() -> None:
+        # What a restart does to this test's users; other tests' users stay.
+        for creds in made:
+            for slot in await creds.slots():
+                await client.acl_deluser(creds.username(slot))
+
+    async def authenticates_redis(login: WorkerLogin) -> bool:
+        secret = login.password.get_secret_value()
+        worker = aioredis.Redis.from_url(url, username=login.username, password=secret)
+        try:
+            return bool(await worker.ping())
+        except rexc.AuthenticationError:
+            return False
+        finally:
+            await worker.aclose()
+
     try:
-        yield factory
+        yield Service(factory, lose_redis, authenticates_redis)
     finally:
         for creds in made:
             for slot in await creds.slots():
                 await creds.revoke(slot)
         await client.aclose()
+
+
+@pytest.fixture
+def make(service: Service) -> Factory:
+    return service.make
 
 
 def owner() -> str:
@@ -132,3 +180,78 @@ async def test_a_revoke_racing_a_bind_never_leaves_a_login(make: Factory) -> Non
         assert len(bound) == 1
     # Whichever ran first, bind and revoke of one slot are ordered: no login comes back.
     assert await creds.slots() == ()
+
+
+async def test_restore_makes_lost_logins_again_with_the_same_password_and_keys(
+    service: Service,
+) -> None:
+    creds = service.make(owner())
+    bound, idle = await creds.issue("w1"), await creds.issue("pool-2")
+    await creds.bind("w1", "w1")
+    await creds.issue("gone")
+    await creds.revoke("gone")
+    assert await creds.restore() == ()  # nothing lost: nothing done
+    keys_before = await creds.keys("w1")
+    await service.lose()
+    assert await creds.slots() == ()
+    assert not await service.authenticates(bound)
+    assert await creds.restore() == ("pool-2", "w1")
+    assert await creds.slots() == ("pool-2", "w1")  # the revoked slot stays gone
+    assert await service.authenticates(bound)
+    assert await service.authenticates(idle)
+    assert await creds.keys("w1") == keys_before
+    assert await creds.keys("pool-2") == ("worker:standby:pool-2",)
+    assert await creds.restore() == ()  # idempotent
+    # Only the password's digest is kept, never the password.
+    for login in (bound, idle):
+        assert login.password.get_secret_value() not in repr(vars(creds))
+
+
+async def test_restore_brings_back_the_latest_password_of_a_slot_only(service: Service) -> None:
+    creds = service.make(owner())
+    first = await creds.issue("w1")
+    second = await creds.issue("w1")
+    await service.lose()
+    assert await creds.restore() == ("w1",)
+    assert await service.authenticates(second)
+    assert not await service.authenticates(first)
+
+
+async def test_restore_sees_only_what_this_instance_issued(service: Service) -> None:
+    name = owner()
+    mine, theirs = service.make(name), service.make(owner())
+    await mine.issue("a")
+    await theirs.issue("a")
+    await service.lose()
+    assert await mine.restore() == ("a",)
+    assert await theirs.slots() == ()  # another owner's login is its manager's business
+    # A restarted manager (a new instance of the same owner) knows no password.
+    await service.lose()
+    assert await service.make(name).restore() == ()
+    assert await mine.restore() == ("a",)
+
+
+async def test_bind_of_a_lost_live_slot_makes_its_login_again(service: Service) -> None:
+    creds = service.make(owner())
+    login = await creds.issue("pool-1")
+    await service.lose()
+    await creds.bind("pool-1", "w7")
+    assert await service.authenticates(login)
+    assert await creds.keys("pool-1") == (
+        "worker:standby:pool-1",
+        "worker:w7:input",
+        "worker:w7:output",
+    )
+
+
+async def test_a_revoke_racing_a_restore_never_leaves_a_login(service: Service) -> None:
+    creds = service.make(owner())
+    for attempt in range(20):
+        await creds.issue(f"pool-{attempt}")
+    await service.lose()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(creds.restore)
+        for attempt in range(20):
+            tg.start_soon(creds.revoke, f"pool-{attempt}")
+    assert await creds.slots() == ()
+    assert await creds.restore() == ()

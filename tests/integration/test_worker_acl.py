@@ -1,9 +1,11 @@
 """Issue #9 "Isolation" on a real redis-server: a worker's ACL login can run the worker's
 own stream traffic (through the real RedisEventBus, scripts included) and gets NOPERM
-everywhere else; bind reaches an already connected standby; revoke cuts it off."""
+everywhere else; bind reaches an already connected standby; revoke cuts it off; a login
+restored after a loss has the same password and limits."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -210,3 +212,31 @@ async def test_a_revoke_landing_inside_a_bind_leaves_no_user_behind(acl: Acl) ->
     finally:
         for slot in await creds.slots():
             await creds.revoke(slot)
+
+
+async def test_a_restored_login_has_the_same_password_and_limits(acl: Acl) -> None:
+    login = await acl.creds.issue("pool-1")
+    await acl.creds.bind("pool-1", "w1")
+    worker = aioredis.Redis.from_url(acl.login_url(login), decode_responses=True)
+    try:
+        assert await worker.xadd("worker:w1:output", {"event": "ready"})
+        # What a Redis restart does to the user (DELUSER also drops the connection).
+        await acl.admin.acl_deluser(login.username)
+        with pytest.raises(rexc.ConnectionError):
+            await worker.ping()
+        with pytest.raises(rexc.AuthenticationError):
+            await worker.ping()
+        assert await acl.creds.restore() == ("pool-1",)
+        stored = await acl.admin.acl_getuser(login.username)
+        assert stored is not None
+        # Redis holds the digest it was given, which is what the manager remembered.
+        digest = hashlib.sha256(login.password.get_secret_value().encode()).hexdigest()
+        assert stored["passwords"] == [digest]
+        assert await worker.xadd("worker:w1:output", {"event": "back"})
+        assert await worker.xlen("worker:standby:pool-1") == 0
+        for command in (("XLEN", "worker:w2:input"), ("ACL", "WHOAMI"), ("KEYS", "*")):
+            with pytest.raises(rexc.NoPermissionError):
+                await cast(Any, worker).execute_command(*command)
+        assert await acl.admin.xlen("worker:w1:output") == 2
+    finally:
+        await worker.aclose()

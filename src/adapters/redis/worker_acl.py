@@ -21,6 +21,11 @@ Checked against redis-server 7.0 (tests/integration/test_worker_acl.py):
   script and ``WATCH`` does not cover users, so issue, bind and revoke of one slot take a
   per-slot lock in this instance: one manager process owns its owner's logins and shares
   one instance (tests/integration/test_worker_acl.py has the interleaving).
+- Redis keeps ``ACL SETUSER`` users in memory only (an ``aclfile`` and ``ACL SAVE`` would
+  persist them; the manager does not own the server's config): a restart, even with AOF,
+  loses every login. The instance remembers each live slot's rules (the password as its
+  SHA-256, which ``SETUSER`` takes as ``#<hex>``, and the keys bound) so ``restore`` can
+  make lost logins again with the same password; workers re-authenticate on their own.
 
 A user's commands: ``PING``, ``SELECT`` (the URL's database), the stream commands a
 worker runs (``XREAD``, ``XREADGROUP``, ``XACK``, ``XADD``, ``XGROUP CREATE``,
@@ -34,9 +39,11 @@ the command streams or every standby stream.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import anyio
@@ -95,6 +102,19 @@ def _translated(op: str) -> Iterator[None]:
         raise CodeyardError(f"redis error during {op}", op=op) from exc
 
 
+@dataclass
+class _Issued:
+    """What a live slot's login was made with: enough to make it again, no plain text."""
+
+    password_sha256: str
+    keys: set[str] = field(default_factory=set)
+
+    def rules(self) -> tuple[str, ...]:
+        keys = (f"~{k}" for k in sorted(self.keys))
+        on = ("reset", "on", f"#{self.password_sha256}", "resetchannels")
+        return (*on, *WORKER_COMMANDS, *keys)
+
+
 class RedisAclWorkerCredentials:
     """One Redis ACL user per worker slot (``codeyard-worker:{owner}:{slot}``)."""
 
@@ -103,6 +123,8 @@ class RedisAclWorkerCredentials:
         self._owner = owner
         self._prefix = f"{USER_PREFIX}{owner}:"
         self._locks: dict[str, anyio.Lock] = {}
+        #: Live slots' rules, for ``restore`` (module docstring); changed under the lock.
+        self._issued: dict[str, _Issued] = {}
 
     def username(self, slot: str) -> str:
         return self._prefix + slot
@@ -116,24 +138,48 @@ class RedisAclWorkerCredentials:
 
     async def issue(self, slot: str) -> WorkerLogin:
         password = secrets.token_hex(24)
-        rules = ("reset", "on", f">{password}", "resetchannels", *WORKER_COMMANDS)
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        issued = _Issued(digest, {standby_stream(slot)})
         async with self._ordered(slot):
+            # The earlier password stops working whatever the outcome: forget it first.
+            self._issued.pop(slot, None)
             with _translated("issue"):
-                user = self.username(slot)
-                await self._acl("SETUSER", user, *rules, f"~{standby_stream(slot)}")
+                await self._acl("SETUSER", self.username(slot), *issued.rules())
+            self._issued[slot] = issued
         return WorkerLogin(username=self.username(slot), password=SecretStr(password))
 
     async def bind(self, slot: str, worker_id: str) -> None:
         keys = (worker_input_stream(worker_id), worker_output_stream(worker_id))
         async with self._ordered(slot):
-            await self._user(slot)  # SETUSER would create a missing user (disabled, a leak)
+            try:
+                await self._user(slot)  # SETUSER would create a missing user (a leak)...
+            except NotFound:
+                # ...but a live slot's login lost with a Redis restart is made again: a
+                # claim need not wait for the next restore pass.
+                if not await self._recreate(slot):
+                    raise
             with _translated("bind"):
                 await self._acl("SETUSER", self.username(slot), *(f"~{k}" for k in keys))
+            if (issued := self._issued.get(slot)) is not None:
+                issued.keys.update(keys)
 
     async def revoke(self, slot: str) -> None:
         async with self._ordered(slot):
+            self._issued.pop(slot, None)  # never restored again, even if DELUSER fails
             with _translated("revoke"):
                 await self._acl("DELUSER", self.username(slot))
+
+    async def restore(self) -> tuple[str, ...]:
+        if not self._issued:
+            return ()  # nothing to list: no ACL traffic while idle
+        lost = sorted(set(self._issued) - set(await self.slots()))
+        restored: list[str] = []
+        for slot in lost:
+            async with self._ordered(slot):
+                # Re-checked under the lock: an issue or revoke may have run since the listing.
+                if not await self._exists(slot) and await self._recreate(slot):
+                    restored.append(slot)
+        return tuple(restored)
 
     async def keys(self, slot: str) -> tuple[str, ...]:
         raw = (await self._user(slot)).get("keys") or ""
@@ -162,6 +208,20 @@ class RedisAclWorkerCredentials:
     async def _acl(self, *args: str) -> Any:
         # redis-py's execute_command is untyped; the ACL replies are checked by the callers.
         return await cast(Any, self._redis).execute_command("ACL", *args)
+
+    async def _exists(self, slot: str) -> bool:
+        with _translated("getuser"):
+            return bool(await self._redis.acl_getuser(self.username(slot)))
+
+    async def _recreate(self, slot: str) -> bool:
+        """Make ``slot``'s remembered login again (caller holds its lock and saw it missing);
+        False when the slot is not live here."""
+        issued = self._issued.get(slot)
+        if issued is None:
+            return False
+        with _translated("restore"):
+            await self._acl("SETUSER", self.username(slot), *issued.rules())
+        return True
 
     async def _user(self, slot: str) -> dict[str, Any]:
         with _translated("getuser"):

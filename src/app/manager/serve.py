@@ -5,7 +5,8 @@ images ready (Docker: base image, wrapper wheel, image cache; first run takes mi
 start the watcher, reconcile once (adopt this owner's live workers, fail vanished ones,
 remove orphans) and only then consume commands: from the shared ``worker:commands`` and
 from this owner's own stream, where other managers forward commands about its workers.
-Then in the background: the warm pool, periodic reconciliation.
+Then in the background: the warm pool, periodic reconciliation, and per-worker Redis
+logins made again when a Redis restart lost them (:mod:`.login_restore`).
 
 Stopping (SIGTERM, SIGINT, cancellation): command handling stops (entries in flight stay
 pending, for this or another manager), the warm pool removes its standby containers, and
@@ -40,6 +41,7 @@ from codeyard.ports.worker_credentials import WorkerCredentials
 from .config import ManagerConfig, WorkerImageSource
 from .handler import WorkerManager
 from .images import WorkerImages, docker_worker_images
+from .login_restore import restore_logins_loop
 from .pool import WarmPool
 from .reconcile import Reconciler
 from .settings import InvalidManagerSettings, manager_config
@@ -195,6 +197,15 @@ async def run_manager(
             await tg.start(service.run)
         await tg.start(manager.pool.run)
         tg.start_soon(_reconcile_loop, manager)
+        if manager.worker_logins is not None:  # Redis forgets them when it restarts
+            tg.start_soon(
+                functools.partial(
+                    restore_logins_loop,
+                    manager.worker_logins,
+                    interval_s=config.watch_interval_s,
+                    metrics=manager.metrics,
+                )
+            )
         log.info("worker manager serving", owner=config.owner, max_workers=config.max_workers)
         task_status.started()
 

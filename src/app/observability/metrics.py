@@ -15,7 +15,9 @@ clash. The manager calls the small update methods on the way; scrapes read:
 - ``codeyard_commands_total{type,outcome}`` (outcome: ``ok``, ``forwarded`` or the error
   code);
 - ``codeyard_warm_pool_standbys_replaced_total{found}``: warm-pool standbys found dead and
-  replaced, by a watcher sweep (``sweep``) or by the create that claimed one (``claim``).
+  replaced, by a watcher sweep (``sweep``) or by the create that claimed one (``claim``);
+- ``codeyard_worker_logins_restored_total``: per-worker Redis logins made again after
+  Redis lost them (a restart), by :mod:`codeyard.app.manager.login_restore`.
 
 A manager that restarts follows every output stream from its start again: events stamped
 before this object was made are replays, not counted, so restarts never double the
@@ -130,6 +132,11 @@ class ManagerMetrics:
             "codeyard_warm_pool_standbys_replaced",
             "Warm-pool standbys found dead and replaced, by a sweep or at a claim.",
             ["found"],
+            registry=reg,
+        )
+        self.logins_restored = Counter(
+            "codeyard_worker_logins_restored",
+            "Per-worker Redis logins made again after Redis lost them (a restart).",
             registry=reg,
         )
         reg.register(_WorkersCollector(self))
