@@ -23,7 +23,8 @@ after a drain: every command answered exactly once, every run with exactly one r
 zero containers and processes of the soak's owner (after deleting what is left and
 stopping the manager); ``service_unavailable`` replies are a figure, not a failure.
 Figures: faults per kind, recovery p50/max per kind, the manager's RSS over time (each
-process's ``VmRSS`` every 2 s). Exits 1 when an invariant fails. No baseline applies: a
+process's ``VmRSS`` every 2 s), worker containers that exited on their own (not 0, 137,
+143) with their last log lines. Exits 1 when an invariant fails. No baseline applies: a
 robustness soak. ``--minutes`` (default 5) or ``--rounds``; ``--smoke``: 4 rounds, one
 fault of each kind in a seeded order, short gaps.
 """
@@ -119,6 +120,7 @@ class Soak:
         bus = RedisEventBus.from_url(self.redis.url)
         ledger = Ledger(bus)
         stop = anyio.Event()
+        witness = soak.ExitWitness(engine, self.owner)
         self.began = ledger.began = time.monotonic()
         try:
             async with anyio.create_task_group() as tg:
@@ -136,6 +138,7 @@ class Soak:
                     await anyio.sleep(0.5)  # the engine is another process: poll
         finally:
             await bus.aclose()
+            witness.close()
         await self.manager.stop()
         await anyio.sleep(1)
         checks["orphan_containers"] = await anyio.to_thread.run_sync(
@@ -144,6 +147,7 @@ class Soak:
         checks["orphan_processes"] = soak.owner_processes(self.owner)
         checks["leftover_workers_deleted"] = leftovers
         checks["client_errors"] = dict(self.errors)
+        checks["workers_exited_on_their_own"] = witness.exits
         checks["tasks"] = ledger.tasks
         return {"first_start_s": round(first_start_s, 1), "soak_s": round(soak_s, 1), **checks}
 
@@ -198,6 +202,8 @@ class Soak:
         worker_id = victim.labels.get(LABEL_WORKER, "")
         began = time.monotonic()
         await anyio.to_thread.run_sync(victim.kill)  # SIGKILL: exit 137
+        # The round's ``at_s`` is when it began to wait for a running worker.
+        killed_at_s = round(began - self.began, 1)
         with anyio.move_on_after(120):
             while True:
                 rid = await ledger.send(GetStatus(request_id=uuid.uuid4().hex, worker_id=worker_id))
@@ -210,9 +216,14 @@ class Soak:
                     status = "deleted"  # its client deleted it first: the manager served
                 if status != "unknown":
                     recovered = round(time.monotonic() - began, 2)
-                    return {"worker_id": worker_id, "recovery_s": recovered, "after": status}
+                    return {
+                        "worker_id": worker_id,
+                        "killed_at_s": killed_at_s,
+                        "recovery_s": recovered,
+                        "after": status,
+                    }
                 await anyio.sleep(0.1)
-        return {"worker_id": worker_id, "recovery_s": None}
+        return {"worker_id": worker_id, "killed_at_s": killed_at_s, "recovery_s": None}
 
     async def _sample_rss(self, stop: anyio.Event) -> None:
         while not stop.is_set():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -21,7 +22,7 @@ import redis
 from codeyard.adapters.docker.image_cache import LocalImageUsage
 from codeyard.app.manager.images import docker_worker_images
 from codeyard.app.settings import Settings
-from codeyard.domain.container import ImageRef
+from codeyard.domain.container import LABEL_OWNER, LABEL_WORKER, ImageRef
 from tests import services
 from tests.e2e.serve_support import Serve, serving
 from tests.integration.manager_support import (
@@ -152,6 +153,48 @@ class ManagerProcess:
 
     async def stop(self) -> None:
         await self._stack.aclose()
+
+
+class ExitWitness:
+    """Worker containers of ``owner`` that exited on their own, with their last log lines,
+    read at Docker's ``die`` event: the manager removes a dead worker's container within
+    its watch interval, and with it the only record of why it exited. Exits 0, 137 and
+    143 are left out (a clean stop, the soak's ``docker kill`` or a forced removal, a
+    delete's stop). Watches from a thread of its own until :meth:`close`."""
+
+    QUIET = frozenset({0, 137, 143})
+
+    def __init__(self, engine: docker.DockerClient, owner: str) -> None:
+        self._engine = engine
+        self._events = engine.events(
+            decode=True,
+            filters={"type": "container", "event": "die", "label": f"{LABEL_OWNER}={owner}"},
+        )
+        self.exits: list[dict[str, object]] = []
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        try:
+            for event in self._events:
+                attributes = event.get("Actor", {}).get("Attributes", {})
+                code = int(attributes.get("exitCode", -1))
+                if code in self.QUIET:
+                    continue
+                try:
+                    raw = self._engine.containers.get(event["id"]).logs(tail=20)
+                    tail: str | None = raw.decode(errors="replace")
+                except docker.errors.NotFound:
+                    tail = None  # removed already
+                when = time.strftime("%H:%M:%S", time.gmtime(int(event.get("time", 0))))
+                slot = attributes.get(LABEL_WORKER)
+                self.exits.append({"slot": slot, "exit_code": code, "at": when, "logs": tail})
+        except (docker.errors.DockerException, OSError, ValueError):
+            return  # closed (close() shuts the stream's socket)
+
+    def close(self) -> None:
+        self._events.close()
+        self._thread.join(timeout=5)
 
 
 def rss_mb(pid: int) -> float | None:

@@ -3,14 +3,16 @@
 Per watched worker, a follower task reads ``worker:{id}:output`` from the start:
 ``ready`` -> RUNNING, ``heartbeat`` -> registry heartbeat (at the wrapper's own timestamp,
 so replaying old entries after a manager restart never makes a dead worker look alive),
-``stopped`` -> STOPPED (FAILED when the wrapper says ``failed``). It also remembers the run
-in flight (agent events seen, no result yet), so a death can be reported against that run.
+``stopped`` -> STOPPED (FAILED when the wrapper says ``failed``); what it reads of runs goes
+into a :class:`~.runs.RunBook`, so a death reads only the rest of the stream.
 
 One sweep every ``watch_interval_s`` (one container list for all workers, not a blocking
 ``wait`` per container: those would each hold a Docker thread):
-- a watched worker whose container is gone or has exited is finished: exit 0 is the
-  wrapper's clean stop -> STOPPED; anything else publishes a failed result on the output
-  stream (reason from the exit code: OOM, 143, 137, other) and marks it FAILED. Its
+- a watched worker whose container is gone or has exited is finished under its lock
+  (``try_hold``: the reconciler finishes dead workers too; a command on it decides): a
+  failed result for each run left without one (reason from the exit code: OOM, 143,
+  137, other), unless it exited 0 (the wrapper's clean stop -> STOPPED) its own
+  ``run_id: null`` one, FAILED (``deaths.report_death``, once even when run again). Its
   container is removed, its slot released;
 - active workers of this owner silent for ``heartbeat_timeout_s`` become UNHEALTHY, and
   the queue job they hold (``task_id``) is failed so it is retried elsewhere. Not a worker
@@ -37,7 +39,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from codeyard.app.observability.metrics import ManagerMetrics
 from codeyard.domain.container import LABEL_OWNER, LABEL_WORKER, ContainerInfo, ContainerState
 from codeyard.domain.errors import CodeyardError
-from codeyard.domain.events import AgentEvent, LifecyclePayload, ResultPayload
+from codeyard.domain.events import AgentEvent, LifecyclePayload
 from codeyard.domain.streams import worker_output_stream
 from codeyard.domain.worker import WorkerRecord, WorkerStatus
 from codeyard.domain.worker_io import EVENT_FIELD
@@ -51,6 +53,7 @@ from codeyard.ports.worker_registry import WorkerRegistry
 from .config import ManagerConfig
 from .deaths import report_death, requeue, silent
 from .launch import death_reason, login_slot
+from .runs import RunBook
 from .slots import Slots
 from .worker_locks import WorkerLocks
 
@@ -62,7 +65,8 @@ _ENDED = (ContainerState.EXITED, ContainerState.DEAD)
 class _Watch:
     record: WorkerRecord
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
-    current_run: str | None = None
+    #: What the follower read of the output stream (fed by ``_follow`` only).
+    book: RunBook = field(default_factory=RunBook)
     #: The worker's login slot (its container's LABEL_WORKER), once known.
     slot: str | None = None
 
@@ -171,6 +175,7 @@ class WorkerWatcher:
                         event = AgentEvent.parse(entry.fields.get(EVENT_FIELD, ""))
                     except CodeyardError:
                         continue  # not ours to judge; the client sees it too
+                    watch.book.feed(entry.id, event)
                     try:
                         await self._on_event(watch, event)
                     except CodeyardError as exc:
@@ -181,8 +186,6 @@ class WorkerWatcher:
         worker_id = watch.record.worker_id
         self._metrics.event(event)
         if event.run_id is not None:
-            is_result = isinstance(payload, ResultPayload)
-            watch.current_run = None if is_result else event.run_id
             return
         if not isinstance(payload, LifecyclePayload):
             return
@@ -226,31 +229,34 @@ class WorkerWatcher:
             if info is not None:
                 watch.slot = info.labels.get(LABEL_WORKER) or watch.slot
             if info is None or info.state in _ENDED:
-                await self.finish(watch.record, info)
+                async with self.locks.try_hold(worker_id) as free:
+                    # Not free: a command on it runs (a delete): the next sweep looks again.
+                    # Under the lock, still ours: not finished (reconciler) nor deleted.
+                    if free and self._watches.get(worker_id) is watch:
+                        await self.finish(watch.record, info)
         if self.on_listing is not None:
             await self.on_listing(containers)
         await self._check_heartbeats()
 
     async def finish(self, record: WorkerRecord, info: ContainerInfo | None) -> None:
-        """A worker's container ended (or vanished): report, record, clean up."""
+        """A worker's container ended (or vanished): report, record, clean up. Called
+        under the worker's lock (the sweep's, the reconciler's): one finish at a time."""
         worker_id = record.worker_id
         watch = self._watches.get(worker_id)
         await self._revoke_login(worker_id, info, watch)
         current = await self._registry.get(worker_id)
         clean = info is not None and info.exit_code == 0
-        if current is not None and not current.status.is_terminal:
-            if clean:
-                await self._registry.set_status(worker_id, WorkerStatus.STOPPED)
-            else:
-                await report_death(
-                    record,
-                    info,
-                    watch.current_run if watch else None,
-                    bus=self._bus,
-                    registry=self._registry,
-                    queue=self._queue,
-                    output_maxlen=self._config.output_maxlen,
-                )
+        # STOPPED: deleted, or the wrapper's clean stop, which finished its runs itself.
+        if current is not None and current.status is not WorkerStatus.STOPPED:
+            await report_death(
+                current,
+                info,
+                watch.book.copy() if watch is not None else RunBook(),
+                bus=self._bus,
+                registry=self._registry,
+                queue=self._queue,
+                output_maxlen=self._config.output_maxlen,
+            )
         log.info("worker ended", worker_id=worker_id, reason=death_reason(info), clean=clean)
         if info is not None:
             await self._runtime.remove(info.id)
