@@ -23,8 +23,9 @@ class CommandServiceConfig:
     consumer: str = field(default_factory=default_consumer_name)
     batch: int = 10
     block_s: float = 1.0
-    #: An entry pending this long on any consumer is taken over. Must exceed the longest
-    #: handler run, or a slow (not dead) consumer's entry would run twice.
+    #: An entry pending this long on a consumer that went silent is taken over. A live
+    #: consumer keeps the entries it handles alive every ``min_idle_s / 3``, so a slow
+    #: handler run is never taken over; this bounds how long a dead one's entries wait.
     min_idle_s: float = 60.0
     reclaim_interval_s: float = 5.0
     #: More deliveries than this make an entry poison: dead-lettered, never run again.

@@ -29,9 +29,17 @@ one, so a dead consumer's entry survives until it is reclaimed and ACKed. A fail
 logged and retried at the next interval. The dead-letter stream is capped at
 ``dead_letter_maxlen`` entries.
 
-Two processes never run one entry at the same time as long as ``min_idle_s`` exceeds the
-longest handler run; within a process an in-flight set keeps the reclaim loop off entries
-already being handled.
+Slow is not dead: a keep-alive loop resets the idle time of every entry this process is
+handling every ``min_idle_s / 3`` (``EventBus.keep_alive``: no delivery counted), so
+neither this process' reclaim loop nor another manager's ever sees a slow command idle:
+it is not run twice and its delivery count stays where it was, so a command slower than
+``max_deliveries x min_idle_s`` is not dead-lettered as poison. Once the process dies
+(or is cancelled) the keep-alives stop, and its entries are taken over ``min_idle_s``
+later, a delivery counted each time as before. So two processes never run one entry at
+the same time as long as this one reaches the bus at least once per ``min_idle_s``; an
+outage longer than that (transport retries end at ``min_idle_s / 2``) may let another
+manager take over an entry still running here (logged). Within a process an in-flight set
+keeps the reclaim loop off entries already being handled.
 
 One entry's handling (reply, forward, dead letter, retries) is
 :class:`~codeyard.app.command_entry.EntryProcessor`; this module is delivery: the read and
@@ -124,6 +132,8 @@ class CommandService:
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._read_loop, tg)
             tg.start_soon(self._reclaim_loop)
+            if cfg.min_idle_s > 0:  # 0: every pending entry is stale at once anyway
+                tg.start_soon(self._keep_alive_loop)
             task_status.started()
 
     # --- loops -----------------------------------------------------------------------------
@@ -189,6 +199,34 @@ class CommandService:
             else:
                 return
         await anyio.sleep(cfg.retry_s)
+
+    async def _keep_alive_loop(self) -> None:
+        # A third of min_idle_s: two keep-alives may fail or come late before anyone
+        # may take an entry over.
+        while True:
+            await anyio.sleep(self.config.min_idle_s / 3)
+            await self.keep_alive_once()
+
+    async def keep_alive_once(self) -> int:
+        """Reset the idle time of the entries this process is handling (module doc);
+        how many were reset. Never raises for a failed call (logged): the next one
+        comes ``min_idle_s / 3`` later, well before a takeover."""
+        cfg = self.config
+        ids = sorted(self._in_flight)
+        if not ids:
+            return 0
+        try:
+            kept = await self._bus.keep_alive(cfg.stream, cfg.group, cfg.consumer, ids)
+        except CodeyardError as exc:
+            log.warning("cannot keep commands in flight alive", error=str(exc), ids=len(ids))
+            return 0
+        # Still handled here but no longer pending on this consumer: another one took it
+        # over (this process was silent past min_idle_s), or its ACK raced this call.
+        still = set(kept)
+        lost = [i for i in ids if i in self._in_flight and i not in still]
+        if lost:
+            log.warning("commands in flight no longer pending here", ids=lost)
+        return len(kept)
 
     async def reclaim_once(self) -> int:
         """One full pass over the pending list; returns how many entries were taken over,

@@ -246,6 +246,13 @@ class OutageBus:
             ),
         )
 
+    async def keep_alive(
+        self, stream: str, group: str, consumer: str, ids: Sequence[str]
+    ) -> list[str]:
+        return await self.guard.call(
+            "keep_alive", lambda: self._bus.keep_alive(stream, group, consumer, ids)
+        )
+
     async def pending_count(self, stream: str, group: str) -> int:
         return await self.guard.call(
             "pending_count", lambda: self._bus.pending_count(stream, group)

@@ -35,6 +35,15 @@ class EventBus(Protocol):
       ``ack``. ``claim_stale`` transfers entries pending longer than ``min_idle_s`` to the
       caller, paging with ``cursor`` ("0-0" to start; the page's cursor "0-0" means done),
       and counts a delivery for each.
+    - ``keep_alive`` says ``consumer`` is still working on ``ids``: each of them pending on
+      ``consumer`` whose entry is still in the stream gets its idle time reset to 0, so
+      ``claim_stale`` leaves it alone for another ``min_idle_s``, and *no* delivery is
+      counted (a slow consumer is not a crashed one: only a real takeover counts). Returns
+      those ids, in the given order. Ids pending on another consumer (already taken over),
+      acked, unknown or deleted from the stream are left as they are and not returned (a
+      deleted one stays pending until ``claim_stale`` reports it). Empty ``ids`` return
+      ``[]`` without a round trip; otherwise a missing stream or group raises ``NotFound``
+      and a malformed id ``InvalidInput``. Repeating a call is harmless.
     - ``read_group``, ``claim_stale`` and ``pending_count`` on a missing stream or group
       raise ``NotFound``; ``ack`` of an unknown or already-acked id (or a missing group) is
       a no-op and returns how many were acked. Empty ``fields`` or a ``count``/``maxlen``
@@ -115,6 +124,13 @@ class EventBus(Protocol):
         count: int = 100,
     ) -> PendingPage:
         """Take over entries other consumers left pending too long."""
+        ...
+
+    async def keep_alive(
+        self, stream: str, group: str, consumer: str, ids: Sequence[str]
+    ) -> list[str]:
+        """Reset the idle time of ``consumer``'s pending ``ids`` without counting a
+        delivery (see the contract); returns the ids it reset."""
         ...
 
     async def pending_count(self, stream: str, group: str) -> int:

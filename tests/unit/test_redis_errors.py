@@ -29,6 +29,7 @@ OPERATIONS: dict[str, Operation] = {
     "read_group": lambda bus: bus.read_group("s", "g", "c", block_s=1),
     "ack": lambda bus: bus.ack("s", "g", ["1-1"]),
     "claim_stale": lambda bus: bus.claim_stale("s", "g", "c", min_idle_s=0),
+    "keep_alive": lambda bus: bus.keep_alive("s", "g", "c", ["1-1"]),
     "pending_count": lambda bus: bus.pending_count("s", "g"),
     "length": lambda bus: bus.length("s"),
     "delete_stream": lambda bus: bus.delete_stream("s"),

@@ -14,7 +14,9 @@ the contract suite runs unchanged against both adapters:
   reports them as deleted (``XAUTOCLAIM`` in Redis 7);
 - ``trim_acked`` cuts below the minimum, over all groups, of the oldest pending id and the
   last-delivered id + 1, like the Redis adapter's ``XTRIM MINID``;
-- ``claim_stale`` scans at most ``10 * count`` PEL entries per page, like ``XAUTOCLAIM``.
+- ``claim_stale`` scans at most ``10 * count`` PEL entries per page, like ``XAUTOCLAIM``;
+  ``keep_alive`` restarts the idle time of the caller's own pending entries still in the
+  stream and leaves their delivery count, like the Redis adapter's ``XCLAIM ... JUSTID``.
 
 Idle times come from the injected :class:`~codeyard.ports.clock.Clock` (tests use
 ``ManualClock``); blocking waits use the event loop's real time. Waiters sleep on a
@@ -237,6 +239,24 @@ class InMemoryEventBus:
             )
         next_cursor = fmt_id(candidates[next_pos]) if next_pos < len(candidates) else "0-0"
         return PendingPage(cursor=next_cursor, messages=tuple(claimed), deleted_ids=tuple(deleted))
+
+    async def keep_alive(
+        self, stream: str, group: str, consumer: str, ids: Sequence[str]
+    ) -> list[str]:
+        parsed = [parse_id(i, "keep_alive") for i in ids]
+        await anyio.lowlevel.checkpoint()
+        if not parsed:
+            return []
+        state, cg = self._group(stream, group)
+        now = self._clock.now()
+        kept: list[str] = []
+        for raw, entry_id in zip(ids, parsed, strict=True):
+            entry = cg.pending.get(entry_id)
+            if entry is None or entry.consumer != consumer or state.get(entry_id) is None:
+                continue  # taken over, acked, unknown or deleted: see the port
+            entry.delivered_at = now  # the idle time only: no delivery counted
+            kept.append(raw)
+        return kept
 
     async def pending_count(self, stream: str, group: str) -> int:
         await anyio.lowlevel.checkpoint()

@@ -19,7 +19,9 @@ Design notes:
 - Delivery counts: ``read`` reports 0 (no group); ``read_group`` reports 1 (``XREADGROUP >``
   only returns never-delivered entries); ``claim_stale`` runs ``XAUTOCLAIM`` and, in the
   same Lua script (so atomically), ``XPENDING key group id id 1`` per claimed entry, and
-  reports that count (already including the delivery the claim made).
+  reports that count (already including the delivery the claim made). ``keep_alive`` is
+  ``XCLAIM ... JUSTID`` (no delivery counted) of the caller's own pending entries, also
+  in a script (:mod:`.stream_scripts` says why).
 - ``block_s`` <= 0 means "do not wait" (Redis' ``BLOCK 0`` would wait forever).
 - Lost replies: a client with a redis-py ``Retry`` (``Redis(...)``'s default; not
   ``Redis.from_url``'s in redis-py 8.1, which retries nothing) sends a command again
@@ -46,7 +48,12 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
 from codeyard.adapters.redis.stream_replies import parse_entries, positive, read_reply, translated
-from codeyard.adapters.redis.stream_scripts import CLAIM_SCRIPT, PUBLISH_MANY_SCRIPT, TRIM_SCRIPT
+from codeyard.adapters.redis.stream_scripts import (
+    CLAIM_SCRIPT,
+    KEEP_ALIVE_SCRIPT,
+    PUBLISH_MANY_SCRIPT,
+    TRIM_SCRIPT,
+)
 from codeyard.domain.errors import InvalidInput
 from codeyard.domain.streams import PendingPage, StreamMessage
 
@@ -60,6 +67,7 @@ class RedisEventBus:
             raise InvalidInput("RedisEventBus needs a client with decode_responses=True")
         self._redis = client
         self._claim = client.register_script(CLAIM_SCRIPT)
+        self._keep_alive = client.register_script(KEEP_ALIVE_SCRIPT)
         self._trim = client.register_script(TRIM_SCRIPT)
         self._publish_many = client.register_script(PUBLISH_MANY_SCRIPT)
 
@@ -211,6 +219,16 @@ class RedisEventBus:
             messages=tuple(m.model_copy(update={"deliveries": by_id[m.id]}) for m in messages),
             deleted_ids=tuple(str(i) for i in deleted or ()),
         )
+
+    async def keep_alive(
+        self, stream: str, group: str, consumer: str, ids: Sequence[str]
+    ) -> list[str]:
+        if not ids:
+            await anyio.lowlevel.checkpoint()
+            return []
+        with translated("keep_alive", stream):
+            kept = await self._keep_alive(keys=[stream], args=[group, consumer, *ids])
+        return [str(entry_id) for entry_id in cast(list[Any], kept)]
 
     async def pending_count(self, stream: str, group: str) -> int:
         with translated("pending_count", stream):

@@ -15,6 +15,24 @@ end
 return {r[1], r[2], r[3] or {}, counts}
 """
 
+# keep_alive: ARGV = group, consumer, ids. XCLAIM with min-idle 0 resets an entry's idle
+# time and, with JUSTID, counts no delivery (checked on Redis 7.0). Only the caller's own
+# entries that still exist are touched: a bare XCLAIM would take an entry back from the
+# consumer that took it over, and drop a deleted entry from the PEL (Redis 7), which
+# claim_stale must report instead. The reads and the claims are one atomic step.
+KEEP_ALIVE_SCRIPT = """
+local kept = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if p[1] and p[1][2] == ARGV[2] and #redis.call('XRANGE', KEYS[1], id, id) == 1 then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'JUSTID')
+    kept[#kept + 1] = id
+  end
+end
+return kept
+"""
+
 # publish_many: ARGV = maxlen ('' for none), idempotent ('1' or ''), then per entry its
 # field count and fields. Idempotent: when the stream's newest entry has exactly the fields
 # of the batch's last entry, the batch is already there (the caller's entries are unique,

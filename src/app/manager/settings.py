@@ -81,8 +81,9 @@ class ManagerSettings(BaseModel):
         default=180.0,
         gt=0,
         description="A command pending this long on a manager that went silent is taken "
-        "over by another (or by its own restart). Keep it above `create_timeout_s` plus a "
-        "typical image build, or a slow create runs twice (creates are idempotent).",
+        "over by another (or by its own restart). A manager keeps the commands it is still "
+        "handling alive, so a slow one (an image build) is neither taken over nor poisoned. "
+        "Lower: faster fail-over; also bounds `store_outage_s` (half of it).",
     )
     store_outage_s: float = Field(
         default=60.0,
