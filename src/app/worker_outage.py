@@ -29,7 +29,8 @@ one :class:`OutageGuard` (:class:`OutageBus` wraps the worker's bus):
   at a time, which a worker's input is.
 * **Heartbeats** wait for :meth:`OutageGuard.wait_recovered` as well as their interval,
   so the first one after an outage goes out as soon as Redis is back (the manager marks a
-  worker silent for ``worker_heartbeat_timeout_s`` unhealthy).
+  worker silent for ``worker_heartbeat_timeout_s`` unhealthy, counting only time it could
+  read the worker's output itself).
 """
 
 from __future__ import annotations

@@ -82,12 +82,18 @@ async def requeue(queue: WorkQueue, record: WorkerRecord, error: str) -> None:
         await queue.fail(job.id, job.lease_owner, error=error)
 
 
-def silent(record: WorkerRecord, *, owner: str, before: datetime) -> bool:
+def silent(
+    record: WorkerRecord, *, owner: str, before: datetime, seeing_since: datetime | None
+) -> bool:
     """A live worker of ``owner`` that started and has said nothing since ``before`` (not
-    yet UNHEALTHY). A STARTING record without a container has not started: a create not
-    done yet, or cut short (the reconciler's, after ``takeover_s + orphan_grace_s``), and
-    its ``heartbeat_at`` is only its registration time (a create refreshes it when it
-    records the container)."""
+    yet UNHEALTHY), as far as the manager could hear: ``seeing_since`` is since when it has
+    been reading the worker's output stream without a failure (``None``: not reading it
+    now, or not watching it), and a worker is taken to have been heard then, so silence
+    is ``max(heartbeat_at, seeing_since) < before``: a Redis outage or a manager restart
+    is no evidence against a worker (:mod:`.watcher`). A STARTING record without a
+    container has not started: a create not done yet, or cut short (the reconciler's,
+    after ``takeover_s + orphan_grace_s``), and its ``heartbeat_at`` is only its
+    registration time (a create refreshes it when it records the container)."""
     not_started = record.status is WorkerStatus.STARTING and record.container_id is None
     return (
         record.host == owner
@@ -95,4 +101,6 @@ def silent(record: WorkerRecord, *, owner: str, before: datetime) -> bool:
         and record.status is not WorkerStatus.UNHEALTHY
         and not not_started
         and record.heartbeat_at < before
+        and seeing_since is not None
+        and seeing_since < before
     )

@@ -1,10 +1,9 @@
 """WorkerWatcher: turns what workers say and what their containers do into registry state.
 
-Per watched worker, a follower task reads ``worker:{id}:output`` from the start:
-``ready`` -> RUNNING, ``heartbeat`` -> registry heartbeat (at the wrapper's own timestamp,
-so replaying old entries after a manager restart never makes a dead worker look alive),
-``stopped`` -> STOPPED (FAILED when the wrapper says ``failed``); what it reads of runs goes
-into a :class:`~.runs.RunBook`, so a death reads only the rest of the stream.
+Per watched worker, a follower task reads ``worker:{id}:output`` from the start: the
+worker's lifecycle events go to the registry (:mod:`.lifecycle`: ``ready``, ``heartbeat``,
+``stopped``); what it reads of runs goes into a :class:`~.runs.RunBook`, so a death reads
+only the rest of the stream.
 
 One sweep every ``watch_interval_s`` (one container list for all workers, not a blocking
 ``wait`` per container: those would each hold a Docker thread):
@@ -17,7 +16,16 @@ One sweep every ``watch_interval_s`` (one container list for all workers, not a 
 - active workers of this owner silent for ``heartbeat_timeout_s`` become UNHEALTHY, and
   the queue job they hold (``task_id``) is failed so it is retried elsewhere. Not a worker
   a command is working on (its lock held: a resumed create building an image), nor one
-  not started (``deaths.silent``);
+  not started (``deaths.silent``). **Only heartbeats the manager could read count**: a
+  worker is judged only once its follower has been reading its output stream for a whole
+  timeout (``_Watch.seeing_since``: when the watch began, or its first read attempt after
+  a failed one; none while reads fail), so silence is ``max(heartbeat_at, seeing_since)``
+  older than the timeout. Redis unreachable for longer (workers ride that out, buffering
+  their events: :mod:`codeyard.app.worker_outage`), or a manager (re)started after the
+  worker's last heartbeat it has, is no verdict on the worker: judging by heartbeats it
+  could not read marked every worker UNHEALTHY and requeued every job at the first sweep
+  after. A worker not watched is not judged (nobody reads its heartbeats; the reconciler
+  adopts or finishes it);
 - the listing goes to ``on_listing`` (the warm pool replaces its dead standbys).
 
 With per-worker Redis logins (``worker_logins``) finishing a worker first revokes its login
@@ -39,7 +47,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from codeyard.app.observability.metrics import ManagerMetrics
 from codeyard.domain.container import LABEL_OWNER, LABEL_WORKER, ContainerInfo, ContainerState
 from codeyard.domain.errors import CodeyardError
-from codeyard.domain.events import AgentEvent, LifecyclePayload
+from codeyard.domain.events import AgentEvent
 from codeyard.domain.streams import worker_output_stream
 from codeyard.domain.worker import WorkerRecord, WorkerStatus
 from codeyard.domain.worker_io import EVENT_FIELD
@@ -53,6 +61,7 @@ from codeyard.ports.worker_registry import WorkerRegistry
 from .config import ManagerConfig
 from .deaths import report_death, requeue, silent
 from .launch import death_reason, login_slot
+from .lifecycle import apply_lifecycle
 from .runs import RunBook
 from .slots import Slots
 from .worker_locks import WorkerLocks
@@ -69,6 +78,10 @@ class _Watch:
     book: RunBook = field(default_factory=RunBook)
     #: The worker's login slot (its container's LABEL_WORKER), once known.
     slot: str | None = None
+    #: Since when the follower has been reading the output stream without a failure (set
+    #: by ``watch``, cleared at a failed read, set again at the next attempt): only
+    #: silence since then is the worker's (module docstring).
+    seeing_since: datetime | None = None
 
 
 class WorkerWatcher:
@@ -139,7 +152,7 @@ class WorkerWatcher:
             current.record = record
             current.slot = slot or current.slot
             return
-        watch = _Watch(record, slot=slot)
+        watch = _Watch(record, slot=slot, seeing_since=self._clock.now())
         self._watches[record.worker_id] = watch
         self._tg.start_soon(self._follow, watch)
 
@@ -163,9 +176,12 @@ class WorkerWatcher:
             structlog.contextvars.bind_contextvars(task_id=watch.record.task_id)
         with watch.scope:
             while True:
+                if watch.seeing_since is None:
+                    watch.seeing_since = self._clock.now()
                 try:
                     entries = await self._bus.read(stream, after=after, count=100, block_s=1.0)
                 except CodeyardError as exc:
+                    watch.seeing_since = None  # heartbeats may be unwritten too: no verdicts
                     log.warning("output stream unreadable", worker_id=worker_id, error=str(exc))
                     await anyio.sleep(self._config.watch_interval_s)
                     continue
@@ -177,41 +193,11 @@ class WorkerWatcher:
                         continue  # not ours to judge; the client sees it too
                     watch.book.feed(entry.id, event)
                     try:
-                        await self._on_event(watch, event)
+                        watch.record = await apply_lifecycle(
+                            watch.record, event, registry=self._registry, metrics=self._metrics
+                        )
                     except CodeyardError as exc:
                         log.warning("worker event not applied", worker_id=worker_id, error=str(exc))
-
-    async def _on_event(self, watch: _Watch, event: AgentEvent) -> None:
-        payload = event.payload
-        worker_id = watch.record.worker_id
-        self._metrics.event(event)
-        if event.run_id is not None:
-            return
-        if not isinstance(payload, LifecyclePayload):
-            return
-        at = _timestamp(payload.detail.get("at"))
-        if payload.state == "ready":
-            record = await self._registry.get(worker_id)
-            if record is not None and record.status in (WorkerStatus.STARTING,):
-                watch.record = await self._registry.set_status(worker_id, WorkerStatus.RUNNING)
-                self._metrics.spawn_ready(worker_id)
-                log.info("worker running", worker_id=worker_id)
-        elif payload.state == "heartbeat":
-            record = await self._registry.get(worker_id)
-            if record is None or record.status.is_terminal:
-                return
-            revive = WorkerStatus.RUNNING if record.status is WorkerStatus.UNHEALTHY else None
-            if at is not None and at <= record.heartbeat_at and revive is None:
-                return  # an old heartbeat replayed
-            watch.record = await self._registry.heartbeat(worker_id, at=at, status=revive)
-        elif payload.state == "stopped":
-            failed = payload.detail.get("reason") == "failed"
-            status = WorkerStatus.FAILED if failed else WorkerStatus.STOPPED
-            record = await self._registry.get(worker_id)
-            if record is not None and not record.status.is_terminal:
-                watch.record = await self._registry.set_status(
-                    worker_id, status, error="the worker wrapper failed" if failed else None
-                )
 
     # --- sweep ---------------------------------------------------------------------------
 
@@ -279,14 +265,20 @@ class WorkerWatcher:
         owner = self._config.owner
         limit = self._clock.now() - timedelta(seconds=self._config.heartbeat_timeout_s)
         for stale in await self._registry.stale(limit):
-            if not silent(stale, owner=owner, before=limit) or stale.worker_id in self.releasing:
+            seeing = self._seeing_since(stale.worker_id)
+            if stale.worker_id in self.releasing or not silent(
+                stale, owner=owner, before=limit, seeing_since=seeing
+            ):
                 continue
             async with self.locks.try_hold(stale.worker_id) as free:
                 if not free:
                     continue  # a command on it is running: it decides (module docstring)
                 # Read again under the lock: a create may have run since ``stale``.
                 record = await self._registry.get(stale.worker_id)
-                if record is None or not silent(record, owner=owner, before=limit):
+                seeing = self._seeing_since(stale.worker_id)
+                if record is None or not silent(
+                    record, owner=owner, before=limit, seeing_since=seeing
+                ):
                     continue
                 log.warning("worker unhealthy: no heartbeat", worker_id=record.worker_id)
                 unhealthy = await self._registry.set_status(
@@ -296,12 +288,6 @@ class WorkerWatcher:
                     watch.record = unhealthy  # codeyard_workers reads the watched records
                 await requeue(self._queue, record, "worker unhealthy: heartbeat timeout")
 
-
-def _timestamp(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
+    def _seeing_since(self, worker_id: str) -> datetime | None:
+        watch = self._watches.get(worker_id)
+        return watch.seeing_since if watch is not None else None
