@@ -2,8 +2,10 @@
 
 An entry left to the reclaim loop would wait ``min_idle_s`` (minutes) before anyone took
 it over, so the service retries it itself, with one exponential back-off (``retry_s``
-doubling up to :data:`MAX_RETRY_S`), never past ``min_idle_s / 2`` from the entry's start:
-well before another manager may take the entry over.
+doubling up to :data:`MAX_RETRY_S`), never past ``min_idle_s / 2`` from the entry's start.
+Entries in flight are kept alive, so no other manager takes one over while this one
+reaches Redis; while Redis is down keep-alive fails too, and the bound settles the entry
+well before a takeover could come. It also bounds how long a client waits.
 
 - *Transport trouble*: reading the reply stream, publishing the reply or ACKing failed
   (Redis restarting). Safe to repeat (a reply already published is not made twice). When
