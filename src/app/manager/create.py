@@ -16,13 +16,13 @@ is kept for the retry (:meth:`WorkerCreator._pause`).
 from __future__ import annotations
 
 import contextlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import anyio
 import structlog
 from pydantic import JsonValue
 
-from codeyard.app.command_retry import is_store_outage
+from codeyard.app.command_retry import MAX_RETRY_S, is_store_outage
 from codeyard.app.command_service import Forward
 from codeyard.app.observability.metrics import ManagerMetrics, metered_ensure
 from codeyard.domain.commands import CreateResult, CreateWorker, derived_worker_id
@@ -53,6 +53,8 @@ WARM_TRIES = 2
 #: A create taking longer refreshes the worker's heartbeat_at (``_watch``); quicker ones
 #: (a warm claim: tens of ms) skip that write.
 _FRESH = timedelta(seconds=1)
+#: Longest wait for deleting a failed warm claim's assignment stream.
+_CLEANUP_S = 5.0
 
 
 def forward_to_owner(record: WorkerRecord, owner: str) -> Forward | None:
@@ -93,8 +95,10 @@ class WorkerCreator:
         self._credentials = credentials
         self._locks = locks
         self._logins = logins
-        #: Creates paused by a store outage (their slot let go) and not resumed yet.
-        self._paused: set[str] = set()
+        #: Creates paused by a store outage (their slot let go) and not resumed yet, with
+        #: when to forget them: past ``store_outage_s`` (and one back-off) no retry comes,
+        #: so an outage without one must not keep its id here for good (``_pause``).
+        self._paused: dict[str, datetime] = {}
 
     async def create(self, command: CreateWorker) -> JsonValue | Forward:
         started = self._metrics.now()
@@ -110,10 +114,10 @@ class WorkerCreator:
                 if existing.status is not WorkerStatus.STARTING or existing.container_id:
                     if existing.status.is_active:
                         await self._push_prompt(command, worker_id)
-                        if worker_id in self._paused:  # its slot was let go: take it back
+                        if self._was_paused(worker_id):  # its slot was let go: take it back
                             self._slots.adopt(worker_id)
                         existing = await self._watch(existing)
-                    self._paused.discard(worker_id)
+                    self._paused.pop(worker_id, None)
                     return self._created(existing, command).model_dump(mode="json")
             await self._slots.acquire(worker_id, timeout_s=self._config.create_timeout_s)
             try:
@@ -125,7 +129,7 @@ class WorkerCreator:
                     else:
                         await self._abandon(worker_id, exc)
                 raise
-            self._paused.discard(worker_id)
+            self._paused.pop(worker_id, None)
             self._metrics.spawn_started(worker_id, warm=warm, started=started)
             await self._push_prompt(command, worker_id)
             record = await self._watch(record)
@@ -173,11 +177,21 @@ class WorkerCreator:
                 # record's IP), after the assignment is published: no extra engine call
                 # before the worker wakes, where an inspect at take would add one to every
                 # warm claim (12 ms p50) for a case the sweeps keep to one watch interval.
-                with contextlib.suppress(CodeyardError):  # its assignment: no one reads it
-                    await self._bus.delete_stream(standby_stream(str(dead.fields["slot"])))
+                await self._drop_assignment(str(dead.fields["slot"]))
                 existing = await self._registry.get(worker_id)  # registered by that try
                 standby = self._pool.take(command.spec) if tries < WARM_TRIES else None
                 tries += 1
+            except BaseException:
+                # handover removed the standby and its login: its assignment stream goes too.
+                if standby is not None:
+                    await self._drop_assignment(standby.slot)
+                raise
+
+    async def _drop_assignment(self, slot: str) -> None:
+        # No one reads it any more: a failure leaves a leftover only.
+        shielded = anyio.CancelScope(shield=True)
+        with shielded, anyio.move_on_after(_CLEANUP_S), contextlib.suppress(CodeyardError):
+            await self._bus.delete_stream(standby_stream(slot))
 
     async def _launch(
         self,
@@ -264,7 +278,7 @@ class WorkerCreator:
         except CodeyardError as cleanup:
             log.warning("failed create not cleaned up", worker_id=worker_id, error=str(cleanup))
         finally:
-            self._paused.discard(worker_id)
+            self._paused.pop(worker_id, None)
             await self._slots.release(worker_id)
             await self._logins.revoke(worker_id)
 
@@ -278,8 +292,20 @@ class WorkerCreator:
         Only the slot is freed: if no retry comes (the outage outlasted
         ``store_outage_s``), the reconciler ends the leftovers like a crash's."""
         log.warning("create paused by a store outage", worker_id=worker_id, error=str(exc))
-        self._paused.add(worker_id)
+        self._was_paused(worker_id)  # forgets the expired ones
+        grace = timedelta(seconds=self._config.store_outage_s + MAX_RETRY_S)
+        self._paused[worker_id] = self._clock.now() + grace
         await self._slots.release(worker_id)
+
+    def _was_paused(self, worker_id: str) -> bool:
+        """Whether ``worker_id``'s create is paused, forgetting those past their time (a
+        retry later than that, e.g. a reclaimed entry, finds its slot not held: the
+        reconciler adopts a running worker's slot at its next pass)."""
+        now = self._clock.now()
+        for paused, until in list(self._paused.items()):
+            if until < now:
+                del self._paused[paused]
+        return worker_id in self._paused
 
     async def _push_prompt(self, command: CreateWorker, worker_id: str) -> None:
         """The headless prompt, once per request id (a re-delivered create skips it)."""

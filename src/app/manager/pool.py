@@ -20,7 +20,8 @@ create. Until ``handover`` ends the pool still *holds* the standby (``holds``, `
 ``slots``): between the take and the registry write that names its container, nothing else
 refers to that ``pool-*`` container, and a reconcile pass must not take it for an orphan.
 ``handover`` lets go only after the registry names the container (the create returned), or
-after removing the container and its login itself (the create failed). The reconciler
+after removing the container and its login itself (the create failed, a store outage
+included, see :meth:`WarmPool.handover`). The reconciler
 reads what the pool holds *before* it reads the registry, so every pass sees the standby
 in at least one of the two: no window.
 
@@ -136,7 +137,14 @@ class WarmPool:
     async def handover(self, standby: Standby | None) -> AsyncIterator[None]:
         """Wrap a claim of ``standby`` (no-op for ``None``) up to the registry write that
         names its container. On an error the standby is removed with its login (no one
-        else knows it); either way the pool stops holding it on the way out."""
+        else knows it); either way the pool stops holding it on the way out.
+
+        A store outage removes it too, unlike the container of a cold create, which
+        ``WorkerCreator._pause`` keeps: the standby has its assignment already and would
+        run as the worker, while a retry that finds no record naming it (the likely case:
+        the write failed) starts another container for the same worker id. Two workers
+        reading one input is worse than the rarer lost commit, which the retry then finds
+        naming a removed container: a death, reported and handled as any."""
         if standby is None:
             yield
             return

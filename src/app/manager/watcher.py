@@ -24,8 +24,11 @@ One sweep every ``watch_interval_s`` (one container list for all workers, not a 
   their events: :mod:`codeyard.app.worker_outage`), or a manager (re)started after the
   worker's last heartbeat it has, is no verdict on the worker: judging by heartbeats it
   could not read marked every worker UNHEALTHY and requeued every job at the first sweep
-  after. A worker not watched is not judged (nobody reads its heartbeats; the reconciler
-  adopts or finishes it);
+  after. A heartbeat read but not written (the registry's store down) counts as unread:
+  the follower stops there, clears ``seeing_since`` and reads again from that entry after
+  ``watch_interval_s``, so a skipped ``ready`` is applied later, not lost. A worker not
+  watched is not judged (nobody reads its heartbeats; the reconciler adopts or finishes
+  it);
 - the listing goes to ``on_listing`` (the warm pool replaces its dead standbys).
 
 With per-worker Redis logins (``worker_logins``) finishing a worker first revokes its login
@@ -44,11 +47,12 @@ import anyio
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
+from codeyard.app.command_retry import is_store_outage
 from codeyard.app.observability.metrics import ManagerMetrics
 from codeyard.domain.container import LABEL_OWNER, LABEL_WORKER, ContainerInfo, ContainerState
 from codeyard.domain.errors import CodeyardError
 from codeyard.domain.events import AgentEvent
-from codeyard.domain.streams import worker_output_stream
+from codeyard.domain.streams import StreamMessage, worker_output_stream
 from codeyard.domain.worker import WorkerRecord, WorkerStatus
 from codeyard.domain.worker_io import EVENT_FIELD
 from codeyard.ports.clock import Clock
@@ -186,18 +190,34 @@ class WorkerWatcher:
                     await anyio.sleep(self._config.watch_interval_s)
                     continue
                 for entry in entries:
+                    if not await self._apply(watch, entry):
+                        # Read again from this entry (lifecycle writes are idempotent, old
+                        # heartbeats are ignored by ``at``); no verdicts meanwhile: the
+                        # heartbeats it carries are not in the registry.
+                        watch.seeing_since = None
+                        await anyio.sleep(self._config.watch_interval_s)
+                        break
                     after = entry.id
-                    try:
-                        event = AgentEvent.parse(entry.fields.get(EVENT_FIELD, ""))
-                    except CodeyardError:
-                        continue  # not ours to judge; the client sees it too
-                    watch.book.feed(entry.id, event)
-                    try:
-                        watch.record = await apply_lifecycle(
-                            watch.record, event, registry=self._registry, metrics=self._metrics
-                        )
-                    except CodeyardError as exc:
-                        log.warning("worker event not applied", worker_id=worker_id, error=str(exc))
+
+    async def _apply(self, watch: _Watch, entry: StreamMessage) -> bool:
+        """Feed one output entry to ``watch``; False when a store outage kept its lifecycle
+        event from the registry (module docstring: a failed apply is like a failed read).
+        Any other failure is logged and the entry passed: retrying it would not help, and
+        a follower stuck on it would leave its worker unjudged for good."""
+        try:
+            event = AgentEvent.parse(entry.fields.get(EVENT_FIELD, ""))
+        except CodeyardError:
+            return True  # not ours to judge; the client sees it too
+        worker_id = watch.record.worker_id
+        watch.book.feed(entry.id, event)  # feeding an entry again changes nothing
+        try:
+            watch.record = await apply_lifecycle(
+                watch.record, event, registry=self._registry, metrics=self._metrics
+            )
+        except CodeyardError as exc:
+            log.warning("worker event not applied", worker_id=worker_id, error=str(exc))
+            return not is_store_outage(exc)
+        return True
 
     # --- sweep ---------------------------------------------------------------------------
 
