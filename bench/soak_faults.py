@@ -41,7 +41,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,13 @@ DOWN_S = 1.0
 ANSWER = "Soaked."
 
 
+async def _cleanup(stop: Callable[[], object]) -> None:
+    """Blocking clean-up off the event loop, shielded: a cancellation under way would
+    otherwise skip it (the await raises at once) and leave Redis or Postgres running."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(stop)
+
+
 class Soak:
     def __init__(self, args: argparse.Namespace, rng: random.Random) -> None:
         self.args, self.rng = args, rng
@@ -91,7 +98,7 @@ class Soak:
         try:
             self.pg = await anyio.to_thread.run_sync(soak.private_postgres)
         except BaseException:
-            self.redis.stop()
+            await _cleanup(self.redis.stop)
             raise
         try:
             scenario = Scenario(turns=[[Delay(2.0), Text(ANSWER)]], exhausted=[Text(ANSWER)])
@@ -111,8 +118,8 @@ class Soak:
                 finally:
                     await self.manager.stop()
         finally:
-            self.redis.stop()
-            self.pg.stop()
+            await _cleanup(self.redis.stop)
+            await _cleanup(self.pg.stop)
             await anyio.to_thread.run_sync(remove_owned, engine, self.owner)
 
     async def _serve(self, engine: docker.DockerClient) -> dict[str, Any]:
@@ -138,13 +145,16 @@ class Soak:
                     await anyio.sleep(0.5)  # the engine is another process: poll
         finally:
             await bus.aclose()
-            witness.close()
+            await _cleanup(witness.close)  # joins the witness thread
         await self.manager.stop()
         await anyio.sleep(1)
         checks["orphan_containers"] = await anyio.to_thread.run_sync(
             owned_containers, engine, self.owner
         )
-        checks["orphan_processes"] = soak.owner_processes(self.owner)
+        # Scans every process's /proc entries: off the event loop.
+        checks["orphan_processes"] = await anyio.to_thread.run_sync(
+            soak.owner_processes, self.owner
+        )
         checks["leftover_workers_deleted"] = leftovers
         checks["client_errors"] = dict(self.errors)
         checks["workers_exited_on_their_own"] = witness.exits

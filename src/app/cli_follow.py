@@ -23,6 +23,7 @@ import typer
 from anyio.streams.memory import MemoryObjectSendStream
 
 from codeyard.app.cli_render import EventLine, EventRenderer, is_worker_stopped, shorten
+from codeyard.domain.events import CONTAINER_DIED_PREFIX
 
 if TYPE_CHECKING:
     from codeyard.client import CodeyardClient, WorkerEvent
@@ -34,8 +35,6 @@ def _echo(lines: list[EventLine]) -> None:
 
 
 def _ends_worker(item: WorkerEvent) -> bool:
-    from codeyard.client.events import CONTAINER_DIED_PREFIX  # noqa: PLC0415 - redis import
-
     if is_worker_stopped(item.event):
         return True
     result = item.result

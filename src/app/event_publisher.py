@@ -24,11 +24,11 @@ Guarantees:
   when the task was cancelled is not sent again: like a cancelled ``publish``, it most
   likely reached the bus, and sending it again would duplicate it.
 
-* **No duplicates.** By default every ``publish_many`` is ``idempotent`` (EventBus port): a
+* **No duplicates.** Every ``publish_many`` is ``idempotent`` (EventBus port): a
   bus client that sends a batch again after losing its reply (redis-py's ``Retry``) does
   not append it twice, so a run's ``result`` is on the stream once. This needs what the
   worker's events guarantee: no two entries of the stream are equal (each event JSON
-  carries its unique id). Pass ``idempotent=False`` for entries that may repeat.
+  carries its unique id).
 
 Single use: :meth:`run` runs once. Single event loop, like any anyio object.
 """
@@ -64,7 +64,6 @@ class BatchingPublisher:
         max_batch: int = DEFAULT_MAX_BATCH,
         buffer: int = DEFAULT_BUFFER,
         maxlen: int | None = None,
-        idempotent: bool = True,
     ) -> None:
         if max_batch < 1 or buffer < 1:
             msg = "max_batch and buffer must be at least 1"
@@ -73,7 +72,6 @@ class BatchingPublisher:
         self._stream = stream
         self._max_batch = max_batch
         self._maxlen = maxlen
-        self._idempotent = idempotent
         self._buffer = buffer
         #: The buffer; made by ``run`` and closed when it ends (unclosed ones warn).
         self._tx: MemoryObjectSendStream[Entry] | None = None
@@ -194,6 +192,4 @@ class BatchingPublisher:
                 self._settled += len(batch)
 
     async def _publish(self, batch: Sequence[Entry]) -> None:
-        await self._bus.publish_many(
-            self._stream, batch, maxlen=self._maxlen, idempotent=self._idempotent
-        )
+        await self._bus.publish_many(self._stream, batch, maxlen=self._maxlen, idempotent=True)

@@ -20,7 +20,7 @@ one :class:`OutageGuard` (:class:`OutageBus` wraps the worker's bus):
   entry is ACKed only after its events are out (the wrapper flushes first). A full
   buffer holds the agent back (backpressure), it drops nothing.
 * **Repeats.** Only repeat-safe calls are retried: reads, ``ACK``, ``XDEL``, group
-  creation, stream deletion and ``idempotent`` publishes (a batch whose reply was lost is
+  creation, stream deletion and ``idempotent`` batches (a batch whose reply was lost is
   not appended twice; the worker's publisher is idempotent). Plain publishes are not.
 * **A read whose reply was lost.** ``XREADGROUP >`` may have delivered an entry that the
   reply never brought: it stays pending on this consumer, where ``>`` never returns it
@@ -166,12 +166,9 @@ class OutageBus:
         fields: Mapping[str, str],
         *,
         maxlen: int | None = None,
-        idempotent: bool = False,
     ) -> str:
-        async def once() -> str:
-            return await self._bus.publish(stream, fields, maxlen=maxlen, idempotent=idempotent)
-
-        return await self._guard_if(idempotent, "publish", once)
+        # Not retried: a repeat after a lost reply could append it twice.
+        return await self._bus.publish(stream, fields, maxlen=maxlen)
 
     async def publish_many(
         self,
@@ -186,7 +183,9 @@ class OutageBus:
                 stream, entries, maxlen=maxlen, idempotent=idempotent
             )
 
-        return await self._guard_if(idempotent, "publish_many", once)
+        if not idempotent:
+            return await once()  # a repeat could append it twice: the caller decides
+        return await self.guard.call("publish_many", once)
 
     async def read(
         self, stream: str, *, after: str = "0-0", count: int = 100, block_s: float | None = None
@@ -274,11 +273,6 @@ class OutageBus:
         await self.guard.call("delete_stream", lambda: self._bus.delete_stream(stream))
 
     # --- internals -------------------------------------------------------------------------
-
-    async def _guard_if(self, idempotent: bool, op: str, once: Callable[[], Awaitable[T]]) -> T:
-        if idempotent:
-            return await self.guard.call(op, once)
-        return await once()  # a repeat could append it twice: the caller decides
 
     async def _pending(self, stream: str, group: str, consumer: str) -> list[StreamMessage]:
         """Every entry pending in ``group``, claimed by ``consumer``, in id order."""

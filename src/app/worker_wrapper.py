@@ -208,7 +208,10 @@ class WorkerWrapper:
         try:
             request = self._requests.request(message, self.session_id)
         except CodeyardError as exc:
-            await self._out.own_event(_error(exc, entry_id))
+            if message.request_id is None:  # no run anyone waits on: the wrapper's own error
+                await self._out.own_event(_error(exc, entry_id))
+            else:  # the client waits on this run, prompt_pushed looks for it: a result
+                await self._refuse(message.request_id, exc, entry_id)
             return
         self._current, self._current_entry = request, entry_id
         result: AgentResult | None = None
@@ -229,21 +232,24 @@ class WorkerWrapper:
             for event in await git.close() if git is not None else ():
                 await self._out.publish(event)
         except CodeyardError as exc:  # refused before any event (InvalidInput, resume, git)
-            failed = EventSequencer(
-                provider=self._provider, worker_id=self.worker_id, run_id=request.id
-            )
-            await self._out.publish(failed.stamp(_error(exc, entry_id)))
-            result = AgentResult(
-                status=ResultStatus.ERROR,
-                provider=self._provider,
-                error=exc.message,
-                terminal_reason=exc.code,
-            )
-            await self._out.publish(failed.stamp(ResultPayload(result=result)))
+            result = await self._refuse(request.id, exc, entry_id)
         self._current = self._current_entry = None
         self.turns += 1
         if result is not None and result.session_id:
             self.session_id = result.session_id
+
+    async def _refuse(self, run_id: str, exc: CodeyardError, entry_id: str) -> AgentResult:
+        """Run ``run_id`` refused before any event: its error, then its failed result."""
+        failed = EventSequencer(provider=self._provider, worker_id=self.worker_id, run_id=run_id)
+        await self._out.publish(failed.stamp(_error(exc, entry_id)))
+        result = AgentResult(
+            status=ResultStatus.ERROR,
+            provider=self._provider,
+            error=exc.message,
+            terminal_reason=exc.code,
+        )
+        await self._out.publish(failed.stamp(ResultPayload(result=result)))
+        return result
 
     async def _finish_interrupted_turn(self) -> None:
         """A turn cut short by cancellation still gets its terminal event, then its ACK."""

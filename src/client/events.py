@@ -23,17 +23,12 @@ import structlog
 
 from codeyard.domain.agent import AgentResult
 from codeyard.domain.errors import CodeyardError, InvalidRequest
-from codeyard.domain.events import AgentEvent, ResultPayload
+from codeyard.domain.events import CONTAINER_DIED_PREFIX, AgentEvent, ResultPayload
 from codeyard.domain.streams import StreamMessage
 from codeyard.domain.worker_io import EVENT_FIELD
 from codeyard.ports.event_bus import EventBus
 
 log = structlog.get_logger(__name__)
-
-#: Prefix of the ``terminal_reason`` of the failed result the manager publishes (with
-#: ``run_id=None``) when a worker's container dies.
-CONTAINER_DIED_PREFIX = "container_"
-
 
 #: Event ids a reader remembers to drop repeats (~100 B each: ~1 MB per follower at most).
 SEEN_EVENTS = 10_000

@@ -19,6 +19,11 @@ from codeyard.domain.agent import AgentResult, TokenUsage
 from codeyard.domain.base import DomainModel, JsonObject, Name
 from codeyard.domain.trusted import trusted
 
+#: Prefix of the ``terminal_reason`` of the failed result the manager publishes (with
+#: ``run_id=None``) when a worker's container dies (``container_oom``, ...): the manager
+#: and the client's followers both recognize that result by it.
+CONTAINER_DIED_PREFIX = "container_"
+
 
 class EventType(StrEnum):
     INIT = "init"

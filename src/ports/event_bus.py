@@ -20,7 +20,7 @@ class EventBus(Protocol):
       other publisher's entry lands between them (all or none are appended, barring a
       transport failure after the append); the ids it returns strictly increase, like those
       of as many ``publish`` calls. Empty ``entries`` return ``[]`` without a round trip.
-    - ``idempotent=True`` (``publish`` and ``publish_many``): the caller promises that no
+    - ``publish_many(..., idempotent=True)``: the caller promises that no
       two entries it publishes on ``stream`` have equal fields (say, each carries a unique
       event id). A call whose last entry equals the stream's newest entry appends nothing
       and returns the ids of the stream's newest ``len(entries)`` entries: a transport
@@ -70,9 +70,8 @@ class EventBus(Protocol):
         fields: Mapping[str, str],
         *,
         maxlen: int | None = None,
-        idempotent: bool = False,
     ) -> str:
-        """Append an entry; returns its id."""
+        """Append an entry; returns its id (not repeat-safe: see ``publish_many``)."""
         ...
 
     async def publish_many(

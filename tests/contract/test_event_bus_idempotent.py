@@ -1,4 +1,4 @@
-"""EventBus ``idempotent`` publishes (src/ports/event_bus.py) against both adapters.
+"""EventBus ``publish_many(..., idempotent=True)`` (src/ports/event_bus.py) against both adapters.
 
 Fixtures (``event_bus``, ``clock``, ``stream``) come from ``test_event_bus``: the
 in-memory model and real Redis. The worker's BatchingPublisher publishes this way so that
@@ -34,8 +34,8 @@ async def test_repeating_the_last_call_appends_nothing_and_returns_its_ids(
     ids = await event_bus.publish_many(stream, batch, idempotent=True)
     assert await event_bus.publish_many(stream, batch, idempotent=True) == ids
     assert ids_of(await event_bus.read(stream)) == ids
-    one = await event_bus.publish(stream, {"e": "4"}, idempotent=True)
-    assert await event_bus.publish(stream, {"e": "4"}, idempotent=True) == one
+    one = await event_bus.publish_many(stream, [{"e": "4"}], idempotent=True)
+    assert await event_bus.publish_many(stream, [{"e": "4"}], idempotent=True) == one
     assert await event_bus.length(stream) == 4
     # With maxlen, too.
     again = await event_bus.publish_many(stream, [{"e": "5"}], maxlen=10, idempotent=True)
@@ -50,12 +50,15 @@ async def test_only_an_equal_newest_entry_counts_as_a_repeat(
     # Its first entry equals the newest, its last does not: a new batch, appended.
     await event_bus.publish_many(stream, [{"e": "2"}, {"e": "3"}], idempotent=True)
     # The same fields in another order are another entry (Redis keeps the order).
-    await event_bus.publish(stream, {"a": "1", "b": "2"}, idempotent=True)
-    await event_bus.publish(stream, {"b": "2", "a": "1"}, idempotent=True)
-    # A field more or less, or another value: appended.
-    await event_bus.publish(stream, {"b": "2", "a": "1", "c": "3"}, idempotent=True)
-    await event_bus.publish(stream, {"b": "2", "a": "1"}, idempotent=True)
-    await event_bus.publish(stream, {"b": "2", "a": "9"}, idempotent=True)
+    for fields in (
+        {"a": "1", "b": "2"},
+        {"b": "2", "a": "1"},
+        # A field more or less, or another value: appended.
+        {"b": "2", "a": "1", "c": "3"},
+        {"b": "2", "a": "1"},
+        {"b": "2", "a": "9"},
+    ):
+        await event_bus.publish_many(stream, [fields], idempotent=True)
     assert await event_bus.length(stream) == 9
 
 
@@ -74,7 +77,7 @@ async def test_plain_publishes_append_equal_entries(event_bus: EventBus, stream:
     await event_bus.publish(stream, {"e": "1"})
     await event_bus.publish(stream, {"e": "1"})
     await event_bus.publish_many(stream, [{"e": "1"}])
-    await event_bus.publish(stream, {"e": "1"}, idempotent=True)  # the newest is equal
+    await event_bus.publish_many(stream, [{"e": "1"}], idempotent=True)  # the newest is equal
     assert await event_bus.length(stream) == 3
 
 
@@ -85,7 +88,7 @@ async def test_idempotent_calls_check_their_arguments_like_plain_ones(
     with pytest.raises(InvalidInput):
         await event_bus.publish_many(stream, [{"e": "1"}, {}], idempotent=True)
     with pytest.raises(InvalidInput):
-        await event_bus.publish(stream, {}, idempotent=True)
+        await event_bus.publish_many(stream, [{}], idempotent=True)
     with pytest.raises(InvalidInput):
-        await event_bus.publish(stream, {"e": "1"}, maxlen=0, idempotent=True)
+        await event_bus.publish_many(stream, [{"e": "1"}], maxlen=0, idempotent=True)
     assert await event_bus.length(stream) == 0

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from codeyard.app.credentials import SecretsSettings
-from codeyard.app.manager.settings import ManagerSettings
+from codeyard.app.manager.settings import ManagerSettings, manager_config
 from codeyard.app.settings import (
     BackendSettings,
     InvalidSettings,
@@ -195,3 +195,16 @@ def test_unknown_variables_are_reported() -> None:
         "PATH": "/bin",
     }
     assert unknown_env_vars(env) == ["CODEYARD_QUEUE"]
+
+
+def test_the_workers_redis_outage_budget_reaches_their_env(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Set on the manager; worker_main reads it from the worker container's own env.
+    monkeypatch.setenv("CODEYARD_WORKER_REDIS_OUTAGE_S", "7.5")
+    settings = Settings(backends={"event_bus": "redis"}, redis_url="redis://localhost:6400/0")
+    worker_env = manager_config(settings).worker_env
+    assert worker_env["CODEYARD_WORKER_REDIS_OUTAGE_S"] == "7.5"
+    for key, value in worker_env.items():
+        monkeypatch.setenv(key, value)
+    assert Settings().worker_redis_outage_s == 7.5

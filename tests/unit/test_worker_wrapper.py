@@ -258,6 +258,25 @@ async def test_a_request_the_agent_refuses_gets_an_error_result(tmp_path: Path) 
     assert result.result.status is ResultStatus.ERROR
 
 
+async def test_a_prompt_no_request_can_be_built_from_gets_a_result_for_its_run(
+    tmp_path: Path,
+) -> None:
+    # The timeout parses as a prompt but AgentRequest refuses it: the client waiting on
+    # "r7" (and prompt_pushed, which looks for its run_id) still sees the run end.
+    async with running(tmp_path) as h:
+        await h.send({"prompt": "hello", "request_id": "r7", "timeout_s": 10**7})
+        events = await h.wait_for(lambda ev: len(results(ev)) == 1)
+        assert await h.bus.length(INPUT) == 0
+    run = [e for e in events if e.run_id == "r7"]
+    assert [e.payload.type for e in run] == ["error", "result"]
+    error, result = run[0].payload, run[1].payload
+    assert isinstance(error, ErrorPayload)
+    assert error.code == "invalid_timeout"
+    assert isinstance(result, ResultPayload)
+    assert result.result.status is ResultStatus.ERROR
+    assert result.result.terminal_reason == "invalid_timeout"
+
+
 async def test_stop_message_ends_the_wrapper_with_stopped(tmp_path: Path) -> None:
     async with running(tmp_path) as h:
         await h.send({"prompt": "one"})

@@ -6,8 +6,8 @@ the contract suite runs unchanged against both adapters:
 - ids are ``<ms>-<seq>`` from the injected clock, strictly increasing per stream (the
   sequence grows when the clock does not move, as in Redis);
 - ``maxlen`` trims exactly to ``maxlen`` (Redis' ``MAXLEN ~`` keeps at least as many);
-- an ``idempotent`` call is a repeat when the stream's newest entry has the fields of its
-  last entry, compared in order (as the Redis script compares the field lists);
+- an ``idempotent`` ``publish_many`` is a repeat when the stream's newest entry has the
+  fields of its last entry, compared in order (as the Redis script compares them);
 - a consumer group keeps a last-delivered id and a pending entries list (PEL) in id order,
   each entry with its owner, delivery count and last delivery time; trimmed or deleted
   entries (``delete_entries``, like ``XDEL``) stay in the PEL until ``claim_stale``
@@ -67,9 +67,8 @@ class InMemoryEventBus:
         fields: Mapping[str, str],
         *,
         maxlen: int | None = None,
-        idempotent: bool = False,
     ) -> str:
-        ids = await self.publish_many(stream, [fields], maxlen=maxlen, idempotent=idempotent)
+        ids = await self.publish_many(stream, [fields], maxlen=maxlen)
         return ids[-1]
 
     async def publish_many(

@@ -26,7 +26,7 @@ Design notes:
 - Lost replies: a client with a redis-py ``Retry`` (``Redis(...)``'s default; not
   ``Redis.from_url``'s in redis-py 8.1, which retries nothing) sends a command again
   after a connection error, also when Redis had applied it and only the reply was lost
-  (tests/integration/test_event_bus_lost_reply.py). ``idempotent`` publishes are safe to
+  (tests/integration/test_event_bus_lost_reply.py). ``idempotent`` batches are safe to
   repeat: the ``publish_many`` script compares the stream's newest entry with the batch's
   last one and appends nothing when they are equal (:mod:`.stream_scripts`). It reads
   with ``XREVRANGE``, which a worker's ACL allows for that reason (Redis 7.0 has no
@@ -89,12 +89,8 @@ class RedisEventBus:
         fields: Mapping[str, str],
         *,
         maxlen: int | None = None,
-        idempotent: bool = False,
     ) -> str:
-        """Plain ``XADD``; ``idempotent`` goes through the ``publish_many`` script (see it)."""
-        if idempotent:
-            ids = await self.publish_many(stream, [fields], maxlen=maxlen, idempotent=True)
-            return ids[-1]
+        """Plain ``XADD``, not repeat-safe (``publish_many(..., idempotent=True)`` is)."""
         if not fields:
             raise InvalidInput("a stream entry needs at least one field", stream=stream)
         if maxlen is not None:

@@ -28,14 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from codeyard.domain.errors import CodeyardError
-from codeyard.domain.events import AgentEvent, ResultPayload
+from codeyard.domain.events import CONTAINER_DIED_PREFIX, AgentEvent, ResultPayload
 from codeyard.domain.streams import worker_input_stream, worker_output_stream
 from codeyard.domain.worker_io import EVENT_FIELD, WorkerInput, parse_worker_message
 from codeyard.ports.event_bus import EventBus
 
-#: The terminal reason of every result the manager publishes for a dead container
-#: (``launch.death_reason``); the client's ``CONTAINER_DIED_PREFIX``.
-DEATH_PREFIX = "container_"
 _PAGE = 500
 
 
@@ -59,7 +56,7 @@ class RunBook:
             if run is not None:
                 self.open.pop(run, None)
                 self.ended.add(run)
-            elif (event.payload.result.terminal_reason or "").startswith(DEATH_PREFIX):
+            elif (event.payload.result.terminal_reason or "").startswith(CONTAINER_DIED_PREFIX):
                 self.died = True
         elif run is not None and run not in self.ended:  # git events follow a result
             self.open[run] = None

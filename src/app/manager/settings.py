@@ -139,7 +139,12 @@ def manager_config(settings: Any, **overrides: Any) -> ManagerConfig:
         )
     if manager.worker_redis_acl:  # each container's URL gets its own login (launch.py)
         redis_url = without_userinfo(redis_url)
-    env = {"CODEYARD_BACKENDS__EVENT_BUS": "redis", "CODEYARD_REDIS_URL": redis_url}
+    env = {
+        "CODEYARD_BACKENDS__EVENT_BUS": "redis",
+        "CODEYARD_REDIS_URL": redis_url,
+        # worker_main reads it from its own env: set on the manager only, it never applied.
+        "CODEYARD_WORKER_REDIS_OUTAGE_S": str(settings.worker_redis_outage_s),
+    }
     ports = {redis_port} if redis_port else set()
     args: list[str] = []
     if manager.agent_base_url:
