@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -29,21 +28,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.faults, pytest.mark.redis, pytest.m
 
 COMMANDS = 120
 RESTART_AFTER = 40
-
-
-@pytest.fixture
-def durable_redis() -> Iterator[services.RedisServer]:
-    binary = services.find_redis_server()
-    if binary is None:
-        services.service_unavailable("Redis", "the redis-server binary is not installed")
-    try:
-        server = services.start_redis(binary, durable=True)
-    except services.ServiceStartError as exc:
-        services.service_unavailable("durable Redis", str(exc))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def _publish(bus: RedisEventBus, command: AnyCommand, deadline_s: float = 30) -> int:

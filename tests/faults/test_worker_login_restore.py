@@ -31,13 +31,11 @@ from tests.faults.test_worker_redis_outage import (
     WORKER,
     check_run_once,
     crash_restart,
-    durable_redis,
     first_entry_after,
     worker,
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.faults, pytest.mark.redis, pytest.mark.slow]
-__all__ = ["durable_redis"]  # the fixture, used by name
 
 
 def login_url(redis: services.RedisServer, login: WorkerLogin) -> str:

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -41,21 +41,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.faults, pytest.mark.redis, pytest.m
 WORKER = "w-outage-1"
 KEY_ENV = "CODEYARD_TEST_WORKER_API_KEY"
 DOWN_S = 3.0
-
-
-@pytest.fixture
-def durable_redis() -> Iterator[services.RedisServer]:
-    binary = services.find_redis_server()
-    if binary is None:
-        services.service_unavailable("Redis", "the redis-server binary is not installed")
-    try:
-        server = services.start_redis(binary, durable=True)
-    except services.ServiceStartError as exc:
-        services.service_unavailable("durable Redis", str(exc))
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Worker:
